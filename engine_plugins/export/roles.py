@@ -1,0 +1,55 @@
+"""What an engine calls for each role: the TorchScript signatures of the contract.
+
+``pseudo_force``::
+
+    forward(pos: Tensor[N, 3], types: Tensor[N] (int64), edge_index: Tensor[2, E] (int64),
+            edge_shift: Tensor[E, 3], n_local: int) -> (atom_energy: Tensor[N], forces: Tensor[N, 3])
+
+All in the artifact's units and dtype. Nodes ``0 .. n_local-1`` are the atoms the caller owns; the
+rest are ghosts (LAMMPS halo atoms, explicit nodes). ``edge_index`` is [centre, neighbour] and the
+edge vector is ``pos[j] - pos[i] + edge_shift[e]``; the edge list is full (both directions).
+The total energy is ``atom_energy[:n_local].sum()`` and ``forces`` is the force on every node from
+that energy (ghost forces are summed onto their owners by the engine, LAMMPS ``newton on``).
+A standalone or OpenMM caller passes ``n_local = N``. Conservative models differentiate inside
+forward, so callers keep grad mode on (TorchScript cannot switch it; no ``torch.no_grad()``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine_plugins.export.metadata import ArtifactMetadata
+
+
+class RoleCheckError(ValueError):
+    """The module does not implement its role's signature."""
+
+
+def smoke_test_pseudo_force(module: torch.nn.Module, meta: ArtifactMetadata) -> None:
+    """Call the module once on two atoms inside the cutoff and check shapes and finiteness."""
+    dtype = getattr(torch, meta.dtype)
+    pos = torch.tensor([[0.0, 0.0, 0.0], [0.6 * meta.cutoff, 0.1, 0.0]], dtype=dtype)
+    types = torch.zeros(2, dtype=torch.long)
+    edge_index = torch.tensor([[0, 1], [1, 0]], dtype=torch.long)
+    edge_shift = torch.zeros(2, 3, dtype=dtype)
+    try:
+        out = module(pos, types, edge_index, edge_shift, 2)
+    except Exception as exc:  # noqa: BLE001 - any failure means the contract is broken
+        raise RoleCheckError(
+            "role 'pseudo_force': calling forward(pos, types, edge_index, edge_shift, n_local) failed: "
+            f"{exc}. Fix: implement that signature (see engine_plugins.export.roles)") from exc
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise RoleCheckError("role 'pseudo_force': forward must return (atom_energy[N], forces[N,3])")
+    energy, forces = out
+    if tuple(energy.shape) != (2,) or tuple(forces.shape) != (2, 3):
+        raise RoleCheckError(
+            f"role 'pseudo_force': got atom_energy {tuple(energy.shape)} and forces {tuple(forces.shape)}, "
+            "expected (N,) and (N, 3)")
+    if energy.dtype != dtype or forces.dtype != dtype:
+        raise RoleCheckError(f"role 'pseudo_force': outputs are {energy.dtype}/{forces.dtype}, "
+                             f"metadata says {meta.dtype}")
+    if not (torch.isfinite(energy).all() and torch.isfinite(forces).all()):
+        raise RoleCheckError("role 'pseudo_force': non-finite output on a two-atom test system")
+
+
+ROLE_SMOKE_TESTS = {"pseudo_force": smoke_test_pseudo_force}

@@ -1,0 +1,1 @@
+"""Methods: a model, its loss and its sampler for one role each."""

@@ -1,0 +1,1 @@
+"""Neural-network building blocks (nequip's pattern: small composable modules, fields by name)."""

@@ -1,0 +1,69 @@
+"""The built-in plugin: registered through the entry-point group like any third-party plugin.
+
+Factories import their modules lazily so that listing plugins stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from engine_plugins.plugins.hookspecs import hookimpl
+from engine_plugins.plugins.specs import BackboneSpec, EngineSpec, MethodSpec
+
+
+def _lj_model(**config: Any) -> Any:
+    from engine_plugins.methods.lennard_jones import LennardJones
+
+    return LennardJones(config["epsilon"], config["sigma"], config["cutoff"])
+
+
+def _lj_metadata(**config: Any) -> Any:
+    from engine_plugins.methods.lennard_jones import lennard_jones_metadata
+
+    return lennard_jones_metadata(config["type_names"], config["cutoff"], config.get("units"),
+                                  config.get("periodicity", "any"))
+
+
+def _nequip_pf_model(**config: Any) -> Any:
+    from engine_plugins.nn.nequip_backbone import build_nequip_pseudo_force
+
+    return build_nequip_pseudo_force(**config)
+
+
+def _nequip_pf_metadata(**config: Any) -> Any:
+    from engine_plugins.nn.nequip_backbone import nequip_pseudo_force_metadata
+
+    return nequip_pseudo_force_metadata(**config)
+
+
+def _nequip_backbone(**config: Any) -> Any:
+    from engine_plugins.nn.nequip_backbone import build_nequip_backbone
+
+    return build_nequip_backbone(**config)
+
+
+def _attach_openmm(*args: Any, **kwargs: Any) -> Any:
+    from engine_plugins.engines.openmm_backend import create_pseudo_force
+
+    return create_pseudo_force(*args, **kwargs)
+
+
+@hookimpl
+def engine_plugins_methods() -> Iterable[MethodSpec]:
+    yield MethodSpec("lennard_jones", "pseudo_force", _lj_model, _lj_metadata,
+                     description="Lennard-Jones pair potential (exactness reference for the engine chain)")
+    yield MethodSpec("nequip_pseudo_force", "pseudo_force", _nequip_pf_model, _nequip_pf_metadata,
+                     description="NequIP energy model; forces as the energy gradient")
+
+
+@hookimpl
+def engine_plugins_backbones() -> Iterable[BackboneSpec]:
+    yield BackboneSpec("nequip", _nequip_backbone, description="NequIP (nequip 0.19.1), E(3)-equivariant")
+
+
+@hookimpl
+def engine_plugins_engines() -> Iterable[EngineSpec]:
+    yield EngineSpec("openmm", ("pseudo_force",), _attach_openmm,
+                     description="openmm-torch TorchForce (nm, kJ/mol; minimum-image graph in TorchScript)")
+    yield EngineSpec("lammps", ("pseudo_force",), None,
+                     description="LAMMPS plugin epplugin.so: pair_style ep/torch (ghost atoms as graph nodes)")

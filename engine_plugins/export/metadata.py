@@ -158,22 +158,21 @@ class ArtifactMetadata:
 
     def describe(self) -> str:
         """Human-readable summary (``engine-plugins inspect``)."""
-        lines = [
-            f"role:                {self.role}",
-            f"method:              {self.method}",
-            f"schema version:      {self.schema_version}",
-            f"type names:          {' '.join(self.type_names)}",
-            f"cutoff:              {self.cutoff:g} {self.units.get('length')}",
-            f"message passing:     {self.num_message_passing_layers} layer(s); ghost/halo width "
-            f"{self.ghost_cutoff:g} {self.units.get('length')}",
-            f"dtype:               {self.dtype}",
-            f"units:               length {self.units.get('length')}, energy {self.units.get('energy')}, "
-            f"time {self.units.get('time')}",
-            f"periodicity:         {self.periodicity}",
+        length = self.units.get("length")
+        rows: list[tuple[str, str]] = [
+            ("role", self.role),
+            ("method", self.method),
+            ("schema version", str(self.schema_version)),
+            ("type names", " ".join(self.type_names)),
+            ("cutoff", f"{self.cutoff:g} {length}"),
+            ("message passing", f"{self.num_message_passing_layers} layer(s); ghost/halo width "
+                                f"{self.ghost_cutoff:g} {length}"),
+            ("dtype", self.dtype),
+            ("units", f"length {length}, energy {self.units.get('energy')}, time {self.units.get('time')}"),
+            ("periodicity", self.periodicity),
         ]
-        for k in sorted(self.role_fields):
-            lines.append(f"{k + ':':<21}{json.dumps(self.role_fields[k])}")
-        for k in sorted(self.provenance):
-            lines.append(f"{'provenance.' + k + ':':<21}{json.dumps(self.provenance[k])}")
-        lines.append(f"content hash:        {self.content_hash}")
-        return "\n".join(lines)
+        rows += [(k, json.dumps(v)) for k, v in sorted(self.role_fields.items())]
+        rows += [(f"provenance.{k}", json.dumps(v)) for k, v in sorted(self.provenance.items())]
+        rows.append(("content hash", self.content_hash))
+        width = max(len(k) for k, _ in rows) + 2
+        return "\n".join(f"{k + ':':<{width}}{v}" for k, v in rows)

@@ -1,0 +1,125 @@
+"""Command line: ``engine-plugins <command>``.
+
+Commands import their heavy dependencies lazily so ``--help`` and ``plugins`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from engine_plugins.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    if args.json:
+        out = {kind: {name: {"source": reg.source, "description": reg.spec.description,
+                             **({"role": reg.spec.role} if hasattr(reg.spec, "role") else {}),
+                             **({"roles": list(reg.spec.roles)} if hasattr(reg.spec, "roles") else {})}
+                      for name, reg in entries.items()}
+               for kind, entries in pm.registry.items()}
+        print(json.dumps(out, indent=2))
+    else:
+        print(pm.describe())
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from engine_plugins.export.artifact import load_artifact, read_metadata
+
+    meta = load_artifact(args.model).metadata if args.verify else read_metadata(args.model)
+    if args.json:
+        print(meta.to_json())
+    else:
+        print(f"model:               {args.model}")
+        print(meta.describe())
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from engine_plugins.export.artifact import export_artifact
+    from engine_plugins.plugins import get_plugin_manager
+
+    spec = get_plugin_manager().get_method(args.method)
+    config = json.loads(Path(args.config).read_text()) if args.config else {}
+    if spec.build_metadata is None:
+        raise SystemExit(f"engine-plugins: method '{args.method}' registers no metadata builder, so it cannot "
+                         "be exported from the command line")
+    path = export_artifact(spec.build_model(**config), spec.build_metadata(**config), args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "engines":
+        from engine_plugins.bench.engines import main as bench_engines
+
+        return bench_engines(sizes=args.sizes, repeats=args.repeats, model=args.model, ranks=args.ranks,
+                             output=args.output)
+    raise SystemExit(f"unknown benchmark '{args.what}'")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from engine_plugins.demo import run_demo
+
+    return run_demo(Path(args.output), steps=args.steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="engine-plugins", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("plugins", help="list registered methods, backbones, engines and CG mappings, with sources")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_plugins)
+
+    s = sub.add_parser("inspect", help="print an artifact's metadata")
+    s.add_argument("model")
+    s.add_argument("--json", action="store_true", help="print the raw metadata JSON")
+    s.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="read the metadata only (skip loading TorchScript and checking the content hash)")
+    s.set_defaults(func=_cmd_inspect)
+
+    s = sub.add_parser("export", help="build a registered method's model from a JSON config and export it")
+    s.add_argument("method")
+    s.add_argument("-c", "--config", help="JSON file with the method's settings")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("bench", help="benchmarks that print figures")
+    s.add_argument("what", choices=["engines"])
+    s.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4000])
+    s.add_argument("--repeats", type=int, default=10)
+    s.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    s.add_argument("--model", default=None, help="pseudo_force artifact (default: the shipped NequIP demo model)")
+    s.add_argument("--output", default=None, help="also write the figures as JSON here")
+    s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("demo", help="reference MD of a built-in system in LAMMPS and OpenMM with a shipped model")
+    s.add_argument("--output", default="out/demo")
+    s.add_argument("--steps", type=int, default=200)
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from engine_plugins.export.artifact import ArtifactError
+    from engine_plugins.plugins.manager import DuplicatePluginError, UnknownPluginError
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        try:
+            return int(args.func(args) or 0)
+        except (ArtifactError, UnknownPluginError, DuplicatePluginError, FileNotFoundError) as exc:
+            print(f"engine-plugins: error: {exc}", file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: built-in example systems, trajectories (MDAnalysis), CG mappings, datasets."""

@@ -36,8 +36,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(meta.to_json())
     else:
-        print(f"model:               {args.model}")
-        print(meta.describe())
+        print(meta.describe(header={"model": str(args.model)}))
     return 0
 
 
@@ -50,7 +49,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if spec.build_metadata is None:
         raise SystemExit(f"engine-plugins: method '{args.method}' registers no metadata builder, so it cannot "
                          "be exported from the command line")
-    path = export_artifact(spec.build_model(**config), spec.build_metadata(**config), args.output)
+    model = spec.build_model(**config)
+    if spec.script is not None:
+        model = spec.script(model)
+    path = export_artifact(model, spec.build_metadata(**config), args.output)
     print(f"wrote {path}")
     return 0
 

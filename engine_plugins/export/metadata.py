@@ -156,10 +156,10 @@ class ArtifactMetadata:
             raise MetadataError(f"artifact metadata is not valid JSON ({exc}). Fix: re-export the model") from exc
         return cls.from_dict(data)
 
-    def describe(self) -> str:
-        """Human-readable summary (``engine-plugins inspect``)."""
+    def describe(self, header: dict[str, str] | None = None) -> str:
+        """Human-readable summary (``engine-plugins inspect``); ``header`` rows come first."""
         length = self.units.get("length")
-        rows: list[tuple[str, str]] = [
+        rows: list[tuple[str, str]] = list((header or {}).items()) + [
             ("role", self.role),
             ("method", self.method),
             ("schema version", str(self.schema_version)),

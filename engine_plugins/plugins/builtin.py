@@ -27,13 +27,21 @@ def _lj_metadata(**config: Any) -> Any:
 def _nequip_pf_model(**config: Any) -> Any:
     from engine_plugins.nn.nequip_backbone import build_nequip_pseudo_force
 
-    return build_nequip_pseudo_force(**config)
+    return build_nequip_pseudo_force(**{k: v for k, v in config.items() if k not in ("units", "periodicity")})
 
 
 def _nequip_pf_metadata(**config: Any) -> Any:
-    from engine_plugins.nn.nequip_backbone import nequip_pseudo_force_metadata
+    from engine_plugins.nn.nequip_backbone import NequIPConfig, nequip_pseudo_force_metadata
 
-    return nequip_pseudo_force_metadata(**config)
+    artifact_keys = ("units", "periodicity")
+    cfg = NequIPConfig.from_kwargs(**{k: v for k, v in config.items() if k not in artifact_keys})
+    return nequip_pseudo_force_metadata(cfg, **{k: config[k] for k in artifact_keys if k in config})
+
+
+def _nequip_script(model: Any) -> Any:
+    from engine_plugins.nn.nequip_backbone import script_nequip_model
+
+    return script_nequip_model(model)
 
 
 def _nequip_backbone(**config: Any) -> Any:
@@ -53,7 +61,7 @@ def engine_plugins_methods() -> Iterable[MethodSpec]:
     yield MethodSpec("lennard_jones", "pseudo_force", _lj_model, _lj_metadata,
                      description="Lennard-Jones pair potential (exactness reference for the engine chain)")
     yield MethodSpec("nequip_pseudo_force", "pseudo_force", _nequip_pf_model, _nequip_pf_metadata,
-                     description="NequIP energy model; forces as the energy gradient")
+                     script=_nequip_script, description="NequIP energy model; forces as the energy gradient")
 
 
 @hookimpl

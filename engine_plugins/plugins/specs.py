@@ -22,7 +22,8 @@ class MethodSpec:
     """A method for one role: a model factory (+ loss and sampler where the role trains/samples).
 
     ``build_model(**config) -> torch.nn.Module`` returns a module implementing the role's signature
-    (engine_plugins.export.roles); ``build_metadata(**config) -> ArtifactMetadata`` describes it.
+    (engine_plugins.export.roles); ``build_metadata(**config) -> ArtifactMetadata`` describes it;
+    ``script(model) -> ScriptModule`` scripts it where plain ``torch.jit.script`` is not enough.
     """
 
     name: str
@@ -31,6 +32,7 @@ class MethodSpec:
     build_metadata: Callable[..., Any] | None = None
     loss: Callable[..., Any] | None = None
     sampler: Callable[..., Any] | None = None
+    script: Callable[..., Any] | None = None
     description: str = ""
 
     def __post_init__(self) -> None:

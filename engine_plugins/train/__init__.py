@@ -1,0 +1,1 @@
+"""Training loops (progress bars, checkpoints, seeded determinism)."""

@@ -22,6 +22,20 @@ from engine_plugins.nn.graph import neighbor_graph
 from engine_plugins.units import OPENMM_UNITS, UnitError, energy_factor, length_factor
 
 
+def import_openmmtorch():
+    """``import openmmtorch`` without its 'simtk.openmm is deprecated' log line (it imports simtk)."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        import openmmtorch
+    finally:
+        root.setLevel(level)
+    return openmmtorch
+
+
 class OpenMMBackendError(ValueError):
     """An artifact cannot be attached to this OpenMM system (message says why and the fix)."""
 
@@ -95,8 +109,7 @@ def create_pseudo_force(model: str | os.PathLike | Artifact, *, types: Sequence[
     OpenMM ``topology`` (element symbols / atom names, remapped by ``type_map``). ``periodic``
     defaults to whether the topology has a box (or to the model's periodicity).
     """
-    import openmmtorch
-
+    openmmtorch = import_openmmtorch()
     art = model if isinstance(model, Artifact) else load_artifact(model)
     meta = art.metadata
     if meta.role != "pseudo_force":

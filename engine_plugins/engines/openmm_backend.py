@@ -18,7 +18,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 import torch
 
 from engine_plugins.export.artifact import Artifact, load_artifact
-from engine_plugins.nn.graph import neighbor_graph
+from engine_plugins.nn.graph import VerletGraph
 from engine_plugins.units import OPENMM_UNITS, UnitError, energy_factor, length_factor
 
 
@@ -45,9 +45,10 @@ class PseudoForceAdapter(torch.nn.Module):
 
     def __init__(self, model: torch.jit.ScriptModule, types: Sequence[int], cutoff: float,
                  nm_to_model: float, model_energy_to_kj: float, model_dtype: torch.dtype,
-                 periodic: bool) -> None:
+                 periodic: bool, skin: float) -> None:
         super().__init__()
         self.model = model
+        self.graph = VerletGraph(cutoff, skin)
         self.register_buffer("types", torch.tensor(list(types), dtype=torch.long))
         self.cutoff = float(cutoff)
         self.nm_to_model = float(nm_to_model)
@@ -73,7 +74,7 @@ class PseudoForceAdapter(torch.nn.Module):
                 raise RuntimeError("engine_plugins: periodic model called without box vectors")
             box = boxvectors.to(self.model_dtype) * self.nm_to_model
         types = self.types.to(positions.device)
-        edge_index, edge_shift = neighbor_graph(pos, self.cutoff, box)
+        edge_index, edge_shift = self.graph(pos, box)
         atom_energy, forces = self.model(pos, types, edge_index, edge_shift, n)
         energy = atom_energy.sum() * self.energy_to_kj
         return energy.to(positions.dtype), (forces * self.force_to_openmm).to(positions.dtype)
@@ -102,12 +103,13 @@ def _types_from_topology(topology, type_names: Sequence[str], type_map: Mapping[
 
 def create_pseudo_force(model: str | os.PathLike | Artifact, *, types: Sequence[str] | None = None,
                         topology=None, type_map: Mapping[str, str] | None = None, periodic: bool | None = None,
-                        force_group: int = 0) -> "openmmtorch.TorchForce":  # noqa: F821
+                        force_group: int = 0, skin_nm: float = 0.1) -> "openmmtorch.TorchForce":  # noqa: F821
     """Build a TorchForce for a ``pseudo_force`` artifact.
 
     Give the model type of every particle either as ``types`` (names, one per particle) or through an
     OpenMM ``topology`` (element symbols / atom names, remapped by ``type_map``). ``periodic``
-    defaults to whether the topology has a box (or to the model's periodicity).
+    defaults to whether the topology has a box (or to the model's periodicity). ``skin_nm`` is the
+    Verlet skin of the cached neighbour list (exactness does not depend on it, only speed).
     """
     openmmtorch = import_openmmtorch()
     art = model if isinstance(model, Artifact) else load_artifact(model)
@@ -142,7 +144,7 @@ def create_pseudo_force(model: str | os.PathLike | Artifact, *, types: Sequence[
         raise OpenMMBackendError(f"model units cannot run in OpenMM: {exc}") from exc
     index = {name: i for i, name in enumerate(meta.type_names)}
     adapter = PseudoForceAdapter(art.module, [index[t] for t in types], meta.cutoff, nm_to_model, e_to_kj,
-                                 getattr(torch, meta.dtype), bool(periodic))
+                                 getattr(torch, meta.dtype), bool(periodic), skin_nm * nm_to_model)
     scripted = torch.jit.script(adapter)
     force = openmmtorch.TorchForce(scripted)
     force.setOutputsForces(True)

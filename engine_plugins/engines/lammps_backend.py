@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import ctypes
 import importlib.metadata
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -220,6 +221,7 @@ class LammpsResult:
     pressure: np.ndarray      # (6,) xx yy zz xy xz yz, from the virial only (no kinetic part)
     volume: float
     log: str = ""
+    diagnostics: dict = field(default_factory=dict)  # pair ep/torch, in-process runs only
 
 
 def write_data_file(path: str | os.PathLike, positions: np.ndarray, types: np.ndarray, box: np.ndarray,
@@ -236,21 +238,27 @@ def write_data_file(path: str | os.PathLike, positions: np.ndarray, types: np.nd
     return write_lammps_data(path, sysdef)
 
 
-def static_input(workdir: str | os.PathLike, pair_commands: Sequence[str], units: str,
-                 boundary: str = "p p p", pre_commands: Sequence[str] = (), newton: bool = True) -> list[str]:
-    """Input lines: read ``workdir/data.lmp``, set up the pair style, ``run 0``, write
-    ``workdir/forces.dump`` (id, force, per-atom energy) and ``workdir/result.txt`` (energy,
-    pressure tensor from the virial, volume)."""
-    wd = Path(workdir).resolve()
+def _setup_lines(workdir: Path, pair_commands: Sequence[str], units: str, boundary: str,
+                 pre_commands: Sequence[str], newton: bool) -> list[str]:
     return [
         f"units {units}",
         "atom_style atomic",
         f"boundary {boundary}",
         f"newton {'on' if newton else 'off'}",
         "atom_modify map array",
-        f"read_data {wd / 'data.lmp'}",
+        f"read_data {Path(workdir).resolve() / 'data.lmp'}",
         *pre_commands,
         *pair_commands,
+    ]
+
+
+def static_input(workdir: str | os.PathLike, pair_commands: Sequence[str], units: str,
+                 boundary: str = "p p p", pre_commands: Sequence[str] = (), newton: bool = True) -> list[str]:
+    """Input lines: read ``workdir/data.lmp``, set up the pair style, ``run 0``, write
+    ``workdir/forces.dump`` (id, force, per-atom energy) and ``workdir/result.txt`` (energy,
+    pressure tensor from the virial, volume)."""
+    wd = Path(workdir).resolve()
+    return _setup_lines(wd, pair_commands, units, boundary, pre_commands, newton) + [
         "compute ep_pa all pe/atom",
         "compute ep_press all pressure NULL virial",
         "thermo_style custom step pe c_ep_press[1] c_ep_press[2] c_ep_press[3] c_ep_press[4] "
@@ -264,7 +272,12 @@ def static_input(workdir: str | os.PathLike, pair_commands: Sequence[str], units
     ]
 
 
-def _read_results(workdir: Path, natoms: int, log: str = "") -> LammpsResult:
+#: diagnostics pair ep/torch offers through lammps.extract_pair() (see pair_ep_torch.cpp)
+EP_TORCH_DIAGNOSTICS = ("length_factor", "energy_factor", "cutoff", "graph_nodes", "graph_edges",
+                        "graph_folded_edges", "folded_evaluations", "explicit_evaluations")
+
+
+def _read_results(workdir: Path, natoms: int, log: str = "", diagnostics: dict | None = None) -> LammpsResult:
     values = np.array((workdir / "result.txt").read_text().split(), dtype=np.float64)
     lines = (workdir / "forces.dump").read_text().splitlines()
     start = lines.index(next(ln for ln in lines if ln.startswith("ITEM: ATOMS"))) + 1
@@ -272,7 +285,7 @@ def _read_results(workdir: Path, natoms: int, log: str = "") -> LammpsResult:
     if table.shape != (natoms, 5) or not np.array_equal(table[:, 0], np.arange(1, natoms + 1)):
         raise LammpsError(f"unexpected dump file {workdir / 'forces.dump'}", log)
     return LammpsResult(energy=float(values[0]), forces=table[:, 1:4], atom_energy=table[:, 4],
-                        pressure=values[1:7], volume=float(values[7]), log=log)
+                        pressure=values[1:7], volume=float(values[7]), log=log, diagnostics=diagnostics or {})
 
 
 def run_lammps_static(pair_commands: Sequence[str], positions: np.ndarray, types: np.ndarray, box: np.ndarray,
@@ -283,7 +296,8 @@ def run_lammps_static(pair_commands: Sequence[str], positions: np.ndarray, types
 
     ``in_process`` (default: ``nprocs == 1``) runs in this process through the lammps module,
     otherwise ``lmp`` runs under ``mpiexec -n nprocs``. Both read the same input and write the
-    same files.
+    same files. In-process runs of pair ep/torch also return its ``diagnostics`` (graph size of
+    the evaluation, unit factors).
     """
     in_process = (nprocs == 1) if in_process is None else in_process
     if in_process and nprocs != 1:
@@ -297,9 +311,12 @@ def run_lammps_static(pair_commands: Sequence[str], positions: np.ndarray, types
             lmp = make_lammps(require_plugin=False)
             try:
                 commands(lmp, lines)
+                diagnostics = {}
+                if lmp.extract_pair_dimension("graph_nodes") is not None:  # pair ep/torch
+                    diagnostics = {k: lmp.extract_pair(k) for k in EP_TORCH_DIAGNOSTICS}
             finally:
                 lmp.close()
-            return _read_results(wd, len(positions))
+            return _read_results(wd, len(positions), diagnostics=diagnostics)
         (wd / "in.static").write_text("\n".join(lines) + "\n")
         run = run_lammps_script(wd / "in.static", nprocs, workdir=wd)
         return _read_results(wd, len(positions), run.log)
@@ -323,3 +340,72 @@ def run_lammps_energy_forces(model_path: str | os.PathLike, positions: np.ndarra
     """
     return run_lammps_static(ep_torch_commands(model_path, type_names), positions, types, box,
                              len(type_names), units, nprocs, **kwargs)
+
+
+# ------------------------------------------------------------------- forces on an ordinary MD step
+def run_lammps_step_forces(pair_commands: Sequence[str], positions: np.ndarray, types: np.ndarray, box: np.ndarray,
+                           ntypes: int, units: str = "metal", nprocs: int = 1, *, boundary: str = "p p p",
+                           masses: Sequence[float] | None = None) -> tuple[np.ndarray, dict]:
+    """Forces (input order) and pair ep/torch diagnostics (rank 0) on a step with no output.
+
+    LAMMPS asks for the virial on every output step (thermo, dumps), and pair ep/torch then passes
+    ghost atoms as explicit nodes; on the other steps of an MD run it folds periodic images of owned
+    atoms onto their owners. This evaluates step 2 of ``run 3`` (atoms do not move), where nothing
+    is output, and takes the forces inside ``fix external`` - in a Python process per rank under
+    ``mpiexec -n nprocs`` (1 rank too: a fresh process).
+    """
+    with tempfile.TemporaryDirectory(prefix="ep_lammps_") as tmp:
+        wd = Path(tmp)
+        write_data_file(wd / "data.lmp", positions, types, box, ntypes, masses)
+        spec = {"workdir": str(wd), "lines": _setup_lines(wd, pair_commands, units, boundary, (), True)}
+        (wd / "spec.json").write_text(json.dumps(spec))
+        cmd = [sys.executable, "-m", "engine_plugins.engines.lammps_backend", "step-forces", str(wd / "spec.json")]
+        if nprocs > 1:
+            cmd = [str(BIN_DIR / "mpiexec"), "-n", str(nprocs), *cmd]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+                              env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
+        if proc.returncode != 0:
+            raise explain(f"LAMMPS step-forces worker ({nprocs} rank(s)) failed: "
+                          f"{error_lines(proc.stdout) or proc.stdout[-2000:]}", proc.stdout)
+        forces = np.full((len(positions), 3), np.nan)
+        diagnostics: dict = {}
+        for part in sorted(wd.glob("step_forces.*.npz")):
+            data = np.load(part)
+            forces[data["ids"] - 1] = data["forces"]
+            if part.name == "step_forces.0.npz":
+                diagnostics = json.loads(str(data["diagnostics"]))
+        if np.isnan(forces).any():
+            raise LammpsError("step-forces worker returned no forces for some atoms", proc.stdout)
+        return forces, diagnostics
+
+
+def _step_forces_worker(spec_path: str) -> None:
+    """One rank of :func:`run_lammps_step_forces`."""
+    spec = json.loads(Path(spec_path).read_text())
+    captured: dict = {}
+    lmp = make_lammps(require_plugin=False)
+
+    def grab(_caller, step, nlocal, tag, _x, fext):
+        fext[:] = 0.0
+        if step == 2:
+            captured["ids"] = np.array(tag[:nlocal], dtype=np.int64)
+            captured["forces"] = np.array(lmp.numpy.extract_atom("f")[:nlocal])  # pair forces only here
+            if lmp.extract_pair_dimension("graph_nodes") is not None:
+                captured["diagnostics"] = {k: lmp.extract_pair(k) for k in EP_TORCH_DIAGNOSTICS}
+
+    commands(lmp, spec["lines"] + ["thermo_style custom step pe", "thermo 0",
+                                   "fix ep_grab all external pf/callback 1 1"])
+    lmp.set_fix_external_callback("ep_grab", grab)
+    commands(lmp, ["run 3 post no"])
+    rank = lmp.extract_setting("world_rank")
+    np.savez(Path(spec["workdir"]) / f"step_forces.{rank}.npz", ids=captured["ids"], forces=captured["forces"],
+             diagnostics=json.dumps(captured.get("diagnostics", {})))
+    lmp.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "step-forces":
+        _step_forces_worker(sys.argv[2])
+    else:
+        sys.exit("usage: python -m engine_plugins.engines.lammps_backend step-forces SPEC.json "
+                 "(worker of run_lammps_step_forces)")

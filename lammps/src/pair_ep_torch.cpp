@@ -14,6 +14,12 @@
    from an owned atom matters if d <= L, an edge if one end has d <= L-1.
    The halo (comm->cutghostuser) is raised to L * cutoff + skin, so results do
    not depend on the number of MPI ranks.
+
+   On steps that need no virial, ghosts that are periodic images of atoms this
+   rank owns are folded onto their owner with an edge shift (on 1 rank: all of
+   them, so the graph is the periodic graph of a standalone call). Energies and
+   forces are the same either way; the virial needs the explicit ghosts
+   (sum of r.f over local and ghost atoms), so those steps use them.
 ------------------------------------------------------------------------- */
 
 #include "pair_ep_torch.h"
@@ -40,6 +46,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <unordered_map>
 
 using namespace LAMMPS_NS;
 
@@ -115,7 +122,8 @@ struct PairEPTorch::TorchState {
 PairEPTorch::PairEPTorch(LAMMPS *lmp) :
     Pair(lmp), torch_state(new TorchState), model_cutoff(0.0), num_layers(1), cutoff(0.0),
     length_factor(1.0), energy_factor(1.0), force_factor(1.0), device_request("auto"),
-    num_threads(1)
+    num_threads(1), ghost_owner_build(-1), last_nodes(0.0), last_edges(0.0), last_folded(0.0),
+    num_folded_evals(0.0), num_explicit_evals(0.0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -573,14 +581,46 @@ double PairEPTorch::init_one(int i, int j)
 }
 
 /* ----------------------------------------------------------------------
+   for each ghost atom: the owned atom of this rank it is a periodic image of,
+   or -1 (owned by another rank). Indices only change when LAMMPS rebuilds the
+   neighbor lists (atoms migrate and are sorted then), so cached per build.
+------------------------------------------------------------------------- */
+
+void PairEPTorch::find_ghost_owners()
+{
+  const int nlocal = atom->nlocal;
+  const int nghost = atom->nghost;
+  if (ghost_owner_build == neighbor->ncalls && (int) ghost_owner.size() == nghost) return;
+  ghost_owner_build = neighbor->ncalls;
+  ghost_owner.assign(nghost, -1);
+
+  const tagint *tag = atom->tag;
+  if (atom->map_style != Atom::MAP_NONE) {
+    for (int g = 0; g < nghost; g++) {
+      const int owner = atom->map(tag[nlocal + g]);
+      if (owner >= 0 && owner < nlocal) ghost_owner[g] = owner;
+    }
+  } else {
+    std::unordered_map<tagint, int> local_of_tag(2 * nlocal);
+    for (int i = 0; i < nlocal; i++) local_of_tag[tag[i]] = i;
+    for (int g = 0; g < nghost; g++) {
+      auto found = local_of_tag.find(tag[nlocal + g]);
+      if (found != local_of_tag.end()) ghost_owner[g] = found->second;
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------
    graph of the atoms that influence the energy of owned atoms.
    breadth-first over the neighbor list, in cutoff hops from owned atoms:
    nodes with hop <= L, edges [centre, neighbour] out of every node with
    hop <= L-1, plus the reverse of edges that end at a node with hop == L
    (so the edge list holds both directions of every pair it contains).
+   with fold, a ghost image of an owned atom is that atom's node (hop 0) and
+   the edge carries the shift x[ghost] - x[owner].
 ------------------------------------------------------------------------- */
 
-void PairEPTorch::build_graph()
+void PairEPTorch::build_graph(bool fold)
 {
   double **x = atom->x;
   const int nlocal = atom->nlocal;
@@ -589,6 +629,9 @@ void PairEPTorch::build_graph()
   int **firstneigh = list->firstneigh;
   const double cutsq_lammps = cutoff * cutoff;
   const int nlayers = std::max(1, num_layers);
+  int nfolded = 0;
+
+  if (fold) find_ghost_owners();
 
   hop.assign(nall, -1);
   node_of.assign(nall, -1);
@@ -602,6 +645,7 @@ void PairEPTorch::build_graph()
   }
   edge_src.clear();
   edge_dst.clear();
+  shift_buf.clear();
 
   for (int layer = 0; layer < nlayers; layer++) {
     const bool last = (layer == nlayers - 1);
@@ -620,22 +664,58 @@ void PairEPTorch::build_graph()
         const double delz = x[j][2] - ztmp;
         const double rsq = delx * delx + dely * dely + delz * delz;
         if (rsq >= cutsq_lammps) continue;
-        if (hop[j] < 0) {
-          hop[j] = layer + 1;
-          node_of[j] = static_cast<int>(atom_of.size());
-          atom_of.push_back(j);
-          next_frontier.push_back(j);
+
+        int t = j;    // the atom whose node the edge ends at
+        double sx = 0.0, sy = 0.0, sz = 0.0;
+        if (fold && j >= nlocal && ghost_owner[j - nlocal] >= 0) {
+          t = ghost_owner[j - nlocal];
+          sx = (x[j][0] - x[t][0]) * length_factor;
+          sy = (x[j][1] - x[t][1]) * length_factor;
+          sz = (x[j][2] - x[t][2]) * length_factor;
+          ++nfolded;
+        }
+        if (hop[t] < 0) {
+          hop[t] = layer + 1;
+          node_of[t] = static_cast<int>(atom_of.size());
+          atom_of.push_back(t);
+          next_frontier.push_back(t);
         }
         edge_src.push_back(inode);
-        edge_dst.push_back(node_of[j]);
-        if (last && hop[j] == nlayers) {
-          edge_src.push_back(node_of[j]);
+        edge_dst.push_back(node_of[t]);
+        shift_buf.push_back(sx);
+        shift_buf.push_back(sy);
+        shift_buf.push_back(sz);
+        if (last && hop[t] == nlayers) {    // never a folded atom: those have hop 0
+          edge_src.push_back(node_of[t]);
           edge_dst.push_back(inode);
+          shift_buf.push_back(0.0);
+          shift_buf.push_back(0.0);
+          shift_buf.push_back(0.0);
         }
       }
     }
     frontier.swap(next_frontier);
   }
+  last_folded = nfolded;
+}
+
+/* ----------------------------------------------------------------------
+   read-only values for lammps_extract_pair(): unit factors, cutoff, and
+   diagnostics of the graph of the last evaluation
+------------------------------------------------------------------------- */
+
+void *PairEPTorch::extract(const char *str, int &dim)
+{
+  dim = 0;
+  if (strcmp(str, "length_factor") == 0) return (void *) &length_factor;
+  if (strcmp(str, "energy_factor") == 0) return (void *) &energy_factor;
+  if (strcmp(str, "cutoff") == 0) return (void *) &cutoff;
+  if (strcmp(str, "graph_nodes") == 0) return (void *) &last_nodes;
+  if (strcmp(str, "graph_edges") == 0) return (void *) &last_edges;
+  if (strcmp(str, "graph_folded_edges") == 0) return (void *) &last_folded;
+  if (strcmp(str, "folded_evaluations") == 0) return (void *) &num_folded_evals;
+  if (strcmp(str, "explicit_evaluations") == 0) return (void *) &num_explicit_evals;
+  return nullptr;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -663,7 +743,14 @@ void PairEPTorch::compute(int eflag, int vflag)
                  atom->tag[i], type[i], x[i][0], x[i][1], x[i][2], update->ntimestep);
 
   if (nlocal > 0) {
-    build_graph();
+    // the virial (f dot r over local + ghost atoms) needs ghosts as explicit nodes;
+    // ev_init() clears vflag_either when the virial comes from fdotr, so test both
+    const bool fold = !(vflag_fdotr || vflag_either);
+    build_graph(fold);
+    if (fold)
+      num_folded_evals += 1.0;
+    else
+      num_explicit_evals += 1.0;
 
     const int64_t nnodes = static_cast<int64_t>(atom_of.size());
     const int64_t nedges = static_cast<int64_t>(edge_src.size());
@@ -679,6 +766,8 @@ void PairEPTorch::compute(int eflag, int vflag)
     edge_buf.resize(2 * nedges);
     std::copy(edge_src.begin(), edge_src.end(), edge_buf.begin());
     std::copy(edge_dst.begin(), edge_dst.end(), edge_buf.begin() + nedges);
+    last_nodes = static_cast<double>(nnodes);
+    last_edges = static_cast<double>(nedges);
 
     // forward: grad mode stays on, conservative models differentiate inside
 
@@ -694,8 +783,8 @@ void PairEPTorch::compute(int eflag, int vflag)
                                 .to(ts.device, torch::kInt64, false, true);
       torch::Tensor edge_index = torch::from_blob(edge_buf.data(), {2, nedges}, as_long)
                                      .to(ts.device, torch::kInt64, false, true);
-      torch::Tensor edge_shift =
-          torch::zeros({nedges, 3}, torch::TensorOptions().dtype(ts.dtype).device(ts.device));
+      torch::Tensor edge_shift = torch::from_blob(shift_buf.data(), {nedges, 3}, as_double)
+                                     .to(ts.device, ts.dtype, false, true);
 
       ts.inputs.clear();
       ts.inputs.emplace_back(pos);

@@ -38,6 +38,7 @@ class PairEPTorch : public Pair {
   void coeff(int, char **) override;
   void init_style() override;
   double init_one(int, int) override;
+  void *extract(const char *, int &) override;
 
  protected:
   struct TorchState;    // libtorch objects; kept out of this header
@@ -62,19 +63,29 @@ class PairEPTorch : public Pair {
   int num_threads;
   std::vector<int> type_map;    // LAMMPS type (1..ntypes) -> model type index
 
+  // ghost atoms that are periodic images of an owned atom of this rank: index of that atom,
+  // else -1; recomputed after each neighbor list build (ghost_owner_build = neighbor->ncalls)
+  std::vector<int> ghost_owner;
+  bigint ghost_owner_build;
+
   // per-step work arrays, reused between steps (no per-step heap churn)
   std::vector<int> hop;        // graph distance (in cutoff hops) of each atom from an owned atom
   std::vector<int> node_of;    // atom index -> graph node, -1 if the atom is not needed
   std::vector<int> atom_of;    // graph node -> atom index
   std::vector<int> frontier, next_frontier;
   std::vector<int64_t> edge_src, edge_dst;
+  std::vector<double> shift_buf;    // edge shifts (model length units), 3 per edge
   std::vector<double> pos_buf;
   std::vector<int64_t> type_buf, edge_buf;
+
+  // diagnostics of the last evaluation, readable with extract() / lammps.extract_pair()
+  double last_nodes, last_edges, last_folded, num_folded_evals, num_explicit_evals;
 
   void allocate();
   void load_model(const std::string &path);
   void set_unit_factors();
-  void build_graph();
+  void find_ghost_owners();
+  void build_graph(bool fold);
 };
 
 }    // namespace LAMMPS_NS

@@ -62,7 +62,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from engine_plugins.bench.engines import main as bench_engines
 
         return bench_engines(sizes=args.sizes, repeats=args.repeats, model=args.model, ranks=args.ranks,
-                             output=args.output)
+                             output=args.output, rounds=args.rounds)
     raise SystemExit(f"unknown benchmark '{args.what}'")
 
 
@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="benchmarks that print figures")
     s.add_argument("what", choices=["engines"])
     s.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4000])
-    s.add_argument("--repeats", type=int, default=10)
+    s.add_argument("--repeats", type=int, default=5, help="evaluations per path per round")
+    s.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is reported)")
     s.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     s.add_argument("--model", default=None, help="pseudo_force artifact (default: the shipped NequIP demo model)")
     s.add_argument("--output", default=None, help="also write the figures as JSON here")

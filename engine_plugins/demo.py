@@ -90,10 +90,7 @@ def run_openmm(sysdef: ExampleSystem, vel_A_fs: np.ndarray, steps: int, model: P
     else:
         from engine_plugins.engines.openmm_backend import create_pseudo_force
 
-        system = mm.System()
-        system.setDefaultPeriodicBoxVectors(*[mm.Vec3(*row) * 0.1 for row in sysdef.box])
-        for t in sysdef.types:
-            system.addParticle(sysdef.masses[t])
+        system = sysdef.openmm_system()
         system.addForce(create_pseudo_force(model, types=sysdef.atom_type_names, periodic=True))
     integ = mm.CustomIntegrator(TIMESTEP_FS * 1e-3)
     integ.addComputePerDof("v", "v+0.5*dt*f/m")

@@ -27,12 +27,8 @@ def lj_model(tmp_path_factory):
 
 
 def _system(sysdef, periodic: bool) -> mm.System:
-    system = mm.System()
-    if periodic:
-        system.setDefaultPeriodicBoxVectors(*[mm.Vec3(*row) * 0.1 for row in sysdef.box])
-    for t in sysdef.types:
-        system.addParticle(sysdef.masses[t])
-    return system
+    """Particles and box; whether forces use the box is the force's setting (``periodic``)."""
+    return sysdef.openmm_system()
 
 
 def _evaluate(system, positions_angstrom, platform="Reference"):

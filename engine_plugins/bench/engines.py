@@ -84,10 +84,7 @@ def openmm_path(model_path: Path, sysdef, platform: str = "CPU"):
 
     from engine_plugins.engines.openmm_backend import create_pseudo_force
 
-    system = mm.System()
-    system.setDefaultPeriodicBoxVectors(*[mm.Vec3(*row) * 0.1 for row in sysdef.box])
-    for t in sysdef.types:
-        system.addParticle(sysdef.masses[t])
+    system = sysdef.openmm_system()
     system.addForce(create_pseudo_force(model_path, types=sysdef.atom_type_names, periodic=True))
     integ = mm.VerletIntegrator(1e-6)
     props = {"Threads": "1"} if platform == "CPU" else {}

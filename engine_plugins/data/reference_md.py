@@ -31,9 +31,7 @@ def lj_openmm_system(sysdef: ExampleSystem, cutoff: float = 8.5):
     """OpenMM System with NonbondedForce LJ (truncated, no dispersion correction) for ``sysdef``."""
     import openmm as mm
 
-    system = mm.System()
-    if sysdef.box is not None:
-        system.setDefaultPeriodicBoxVectors(*[mm.Vec3(*row) * 0.1 for row in sysdef.box])
+    system = sysdef.openmm_system()
     nb = mm.NonbondedForce()
     nb.setNonbondedMethod(mm.NonbondedForce.CutoffPeriodic if sysdef.box is not None
                           else mm.NonbondedForce.CutoffNonPeriodic)
@@ -42,8 +40,7 @@ def lj_openmm_system(sysdef: ExampleSystem, cutoff: float = 8.5):
     nb.setUseSwitchingFunction(False)
     for t in sysdef.types:
         name = sysdef.type_names[t]
-        eps, sig, mass = NOBLE_GAS_LJ[name]
-        system.addParticle(mass)
+        eps, sig, _ = NOBLE_GAS_LJ[name]
         nb.addParticle(0.0, sig / 10, eps * 4.184)
     system.addForce(nb)
     return system

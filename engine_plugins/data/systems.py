@@ -25,6 +25,17 @@ class ExampleSystem:
     def atom_type_names(self) -> list[str]:
         return [self.type_names[t] for t in self.types]
 
+    def openmm_system(self):
+        """An empty ``openmm.System`` with these particles (masses) and the box (nm), no forces."""
+        import openmm as mm
+
+        system = mm.System()
+        if self.box is not None:
+            system.setDefaultPeriodicBoxVectors(*[mm.Vec3(*row) * 0.1 for row in self.box])
+        for t in self.types:
+            system.addParticle(self.masses[t])
+        return system
+
 
 #: Lennard-Jones parameters for argon and neon (kcal/mol, Å): the built-in noble-gas example.
 NOBLE_GAS_LJ = {"Ar": (0.238, 3.405, 39.948), "Ne": (0.0711, 2.78, 20.180)}

@@ -44,6 +44,39 @@ def _nequip_script(model: Any) -> Any:
     return script_nequip_model(model)
 
 
+_GPFF_ARTIFACT_KEYS = ("noise", "sampler", "periodicity", "provenance")
+
+
+def _gpff_model(**config: Any) -> Any:
+    from engine_plugins.methods.gpff.model import build_gpff_model
+    from engine_plugins.methods.gpff.noise import NoiseConfig
+
+    noise = NoiseConfig.from_dict(config.get("noise", {}))
+    return build_gpff_model(noise=noise, **{k: v for k, v in config.items() if k not in _GPFF_ARTIFACT_KEYS})
+
+
+def _gpff_metadata(**config: Any) -> Any:
+    from engine_plugins.methods.gpff.model import GPFFModelConfig, SamplerDefaults, gpff_metadata
+    from engine_plugins.methods.gpff.noise import NoiseConfig
+
+    cfg = GPFFModelConfig.from_dict({k: v for k, v in config.items() if k not in _GPFF_ARTIFACT_KEYS})
+    return gpff_metadata(cfg, NoiseConfig.from_dict(config.get("noise", {})),
+                         SamplerDefaults.from_dict(config.get("sampler", {})),
+                         periodicity=config.get("periodicity", "nonperiodic"), provenance=config.get("provenance"))
+
+
+def _gpff_loss(*args: Any, **kwargs: Any) -> Any:
+    from engine_plugins.methods.gpff.noise import gpff_loss
+
+    return gpff_loss(*args, **kwargs)
+
+
+def _gpff_sample(*args: Any, **kwargs: Any) -> Any:
+    from engine_plugins.methods.gpff.samplers import sample
+
+    return sample(*args, **kwargs)
+
+
 def _nequip_backbone(**config: Any) -> Any:
     from engine_plugins.nn.nequip_backbone import build_nequip_backbone
 
@@ -62,6 +95,11 @@ def engine_plugins_methods() -> Iterable[MethodSpec]:
                      description="Lennard-Jones pair potential (exactness reference for the engine chain)")
     yield MethodSpec("nequip_pseudo_force", "pseudo_force", _nequip_pf_model, _nequip_pf_metadata,
                      script=_nequip_script, description="NequIP energy model; forces as the energy gradient")
+    yield MethodSpec("gpff", "pseudo_force", _gpff_model, _gpff_metadata, loss=_gpff_loss, sampler=_gpff_sample,
+                     script=_nequip_script,
+                     description="generative pseudo force field (seed 004): NequIP, conservative or direct head, "
+                                 "trained on a quadratic pseudo-energy around clean molecules; samplers ancestral, "
+                                 "heun, denoise, adaptive")
 
 
 @hookimpl

@@ -57,6 +57,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``engine-plugins train METHOD CONFIG ...``: the module whose ``main(argv)`` trains each method.
+TRAINERS = {"gpff": "engine_plugins.train.gpff"}
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import importlib
+
+    if args.method not in TRAINERS:
+        raise SystemExit(f"engine-plugins train: no trainer for '{args.method}'; known: {', '.join(sorted(TRAINERS))}")
+    return int(importlib.import_module(TRAINERS[args.method]).main([args.config, *args.options]) or 0)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "engines":
         from engine_plugins.bench.engines import main as bench_engines
@@ -92,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--config", help="JSON file with the method's settings")
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("train", help="train a method from a JSON/YAML config (checkpoints, resume) and export it",
+                       description="train a method from a config file; options after CONFIG go to the method's "
+                                   "trainer (e.g. --steps N --output-dir D --fresh; see `train METHOD CONFIG -h`)")
+    s.add_argument("method", help=f"one of: {', '.join(sorted(TRAINERS))}")
+    s.add_argument("config")
+    s.add_argument("options", nargs=argparse.REMAINDER)
+    s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
     s.add_argument("what", choices=["engines"])

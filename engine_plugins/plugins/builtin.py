@@ -113,3 +113,27 @@ def engine_plugins_engines() -> Iterable[EngineSpec]:
                      description="openmm-torch TorchForce (nm, kJ/mol; minimum-image graph in TorchScript)")
     yield EngineSpec("lammps", ("pseudo_force",), None,
                      description="LAMMPS plugin epplugin.so: pair_style ep/torch (ghost atoms as graph nodes)")
+
+
+def _cg_mapping_builder(scheme: str) -> Any:
+    def build(universe: Any, **options: Any) -> Any:
+        from engine_plugins.data.cg_mapping import BUILTIN_MAPPINGS
+
+        return BUILTIN_MAPPINGS[scheme][0](universe, **options)
+
+    return build
+
+
+@hookimpl
+def engine_plugins_cg_mappings() -> Iterable[Any]:
+    from engine_plugins.plugins.specs import CGMappingSpec
+
+    yield CGMappingSpec("residue", _cg_mapping_builder("residue"),
+                        description="one bead per residue (per molecule for liquids); type = residue name")
+    yield CGMappingSpec("molecule", _cg_mapping_builder("molecule"),
+                        description="one bead per molecule (bond-graph component); needs bonds")
+    yield CGMappingSpec("file", _cg_mapping_builder("file"),
+                        description="user JSON file: bead name -> 0-based atom indices (option path=...)")
+    yield CGMappingSpec("graph_partition", _cg_mapping_builder("graph_partition"),
+                        description="recursive spectral bisection of the bond graph into beads of ~atoms_per_bead "
+                                    "heavy atoms; type = Hill formula")

@@ -84,6 +84,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.output), steps=args.steps)
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from engine_plugins.data.simulate import run_simulate_command
+
+    return run_simulate_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="engine-plugins", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -127,6 +133,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", default="out/demo")
     s.add_argument("--steps", type=int, default=200)
     s.set_defaults(func=_cmd_demo)
+    s = sub.add_parser("simulate", help="reference MD of the built-in example families (trajectories + case.json)")
+    fam = s.add_subparsers(dest="family", required=True)
+    t = fam.add_parser("transport", help="LAMMPS: mobile Li through an fcc framework, materials x temperatures")
+    t.add_argument("--output", default="out/transport")
+    t.add_argument("--preset", choices=["tiny", "standard", "large"], default="standard")
+    t.add_argument("--materials", nargs="+",
+                   help="built-in names or a JSON file of {name, loading, sigma_mf[, eps_mf]}")
+    t.add_argument("--temperatures", type=float, nargs="+", help="K (default 600 800 1000 1200)")
+    t.add_argument("--n-cells", type=int)
+    t.add_argument("--equil-steps", type=int)
+    t.add_argument("--steps", type=int, help="production MD steps")
+    t.add_argument("--dump-every", type=int)
+    t.add_argument("--timestep", type=float, help="ps")
+    t.add_argument("--ensemble", choices=["nvt", "nve"])
+    t.add_argument("--seed", type=int)
+    t.add_argument("--ranks", type=int, help="MPI ranks per case")
+    t.add_argument("--jobs", type=int, default=1, help="cases run at the same time")
+    t.add_argument("--unwrapped-reference", action="store_true", help="also dump LAMMPS's xu yu zu")
+    t.add_argument("--no-progress", dest="progress", action="store_false")
+    c = fam.add_parser("cg", help="OpenMM: all-atom TIP3P water, mapped to molecule centres of mass")
+    c.add_argument("--system", choices=["water"], default="water")
+    c.add_argument("--output", default="out/cg")
+    c.add_argument("--preset", choices=["tiny", "standard", "large"], default="standard")
+    c.add_argument("--temperatures", type=float, nargs="+", help="K (default 300)")
+    c.add_argument("--box", type=float, help="cubic box edge, nm")
+    c.add_argument("--equil-steps", type=int)
+    c.add_argument("--steps", type=int, help="production MD steps")
+    c.add_argument("--report-every", type=int)
+    c.add_argument("--timestep", type=float, help="ps")
+    c.add_argument("--platform", help="OpenMM platform (CPU, CUDA, ...)")
+    c.add_argument("--threads", type=int, help="CPU platform threads")
+    c.add_argument("--seed", type=int)
+    c.add_argument("--no-progress", dest="progress", action="store_false")
+    s.set_defaults(func=_cmd_simulate)
     return p
 
 

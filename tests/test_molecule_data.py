@@ -243,6 +243,19 @@ def test_bad_files_give_clear_errors(tmp_path, name, content, message):
     assert str(p) in str(exc.value)
 
 
+def test_sdf_errors_name_the_record(tmp_path):
+    from rdkit import Chem
+
+    flat = tmp_path / "flat.sdf"
+    flat.write_text(Chem.MolToMolBlock(Chem.MolFromSmiles("CCOC(=O)C")) + "$$$$\n")  # 2D depiction
+    with pytest.raises(StructureError, match="record 0 has 2D coordinates"):
+        read_structures(flat)
+    broken = tmp_path / "broken.sdf"
+    broken.write_text("junk\n  not a mol block\n\n  2  1  0  0  0  0  0  0  0  0999 V2000\n$$$$\n")
+    with pytest.raises(StructureError, match="record 0 could not be parsed"):
+        read_structures(broken)
+
+
 def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(StructureError, match="no such file"):
         read_structures(tmp_path / "nope.xyz")

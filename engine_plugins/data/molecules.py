@@ -729,6 +729,11 @@ def split_of(smiles: str, seed: int = 0, fractions: Sequence[float] = SPLIT_FRAC
     return SPLITS[int(np.searchsorted(edges, u, side="right"))] if u < edges[-1] else SPLITS[-1]
 
 
+def molecule_id(smiles: str) -> str:
+    """A stable name for a molecule of the set: ``qm9like-`` + 10 hex digits of sha256(SMILES)."""
+    return "qm9like-" + hashlib.sha256(smiles.encode()).hexdigest()[:10]
+
+
 def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -792,9 +797,9 @@ def build_molecule_dataset(out_dir: str | Path, n_molecules: int = 2000, seed: i
 
     kept.sort(key=lambda s: (s.n_heavy, s.smiles))
     by_split: dict[str, list[Structure]] = {sp: [] for sp in SPLITS}
-    for i, s in enumerate(kept):
+    for s in kept:
         sp = split_of(s.smiles, seed)
-        s.name = s.name or f"qm9like-{i:06d}"
+        s.name = s.name or molecule_id(s.smiles)
         s.info.update(split=sp, heavy_atoms=s.n_heavy, formula=s.formula, dataset="QM9-like (not QM9)")
         by_split[sp].append(s)
     files = {}

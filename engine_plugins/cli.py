@@ -90,6 +90,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return run_simulate_command(args)
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    if args.family == "molecules":
+        from engine_plugins.data.molecules import main as build
+    else:
+        from engine_plugins.data.crystals import main as build
+    return build(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="engine-plugins", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -167,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int)
     c.add_argument("--no-progress", dest="progress", action="store_false")
     s.set_defaults(func=_cmd_simulate)
+
+    s = sub.add_parser("data", help="build the built-in structure sets: molecules (QM9-like) or crystals (prototypes)")
+    s.add_argument("family", choices=["molecules", "crystals"])
+    s.add_argument("rest", nargs=argparse.REMAINDER, help="OUT_DIR and options (see `engine-plugins data FAMILY -h`)")
+    s.set_defaults(func=_cmd_data)
     return p
 
 

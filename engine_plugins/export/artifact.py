@@ -59,15 +59,18 @@ def content_hash(module: torch.jit.ScriptModule, meta: ArtifactMetadata) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def export_artifact(module: torch.nn.Module, metadata: ArtifactMetadata, path: str | os.PathLike) -> Path:
+def export_artifact(module: torch.nn.Module, metadata: ArtifactMetadata, path: str | os.PathLike,
+                    check_role: bool = True) -> Path:
     """Script ``module`` (if needed), check it against its role, and write it with ``metadata``.
 
     Provenance (package version, git commit, creation time) is filled in when absent.
+    ``check_role=False`` skips the two-atom smoke call, for reference models defined for one
+    fixed system only (e.g. the analytic GPFF quadratic around a given molecule).
     """
     metadata.validate()
     scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
     scripted = scripted.eval()
-    smoke = ROLE_SMOKE_TESTS.get(metadata.role)
+    smoke = ROLE_SMOKE_TESTS.get(metadata.role) if check_role else None
     if smoke is not None:
         smoke(scripted, metadata)
     prov = dict(metadata.provenance)

@@ -254,6 +254,16 @@ def test_fixed_scaffold_held_exactly_and_partial_structure_completed(sampler):
     assert float((noisy.positions[0] - x0).abs().max()) < 1e-6
 
 
+def test_max_step_caps_each_atoms_displacement():
+    _, x0 = _mol("CH4")
+    model = script_quadratic(x0, align=False)
+    r = sample(model, [1, 0, 0, 0, 0], sampler="denoise", nfe=40, seed=0, sigma_max=3.0, max_step=0.2,
+               return_trajectory=True)
+    steps = (r.trajectory[1:] - r.trajectory[:-1]).norm(dim=-1)
+    assert float(steps.max()) <= 0.2 + 1e-12 and r.info["clipped"] > 0
+    assert float(rmsd(r.positions, x0).max()) < 1e-2  # still converges, only slower
+
+
 def test_sampler_accepts_names_from_an_artifact_like_model_and_rejects_bad_inputs():
     sym, x0 = _mol("H2O")
     model = QuadraticPseudoForce(x0)
@@ -276,6 +286,8 @@ def test_sampler_accepts_names_from_an_artifact_like_model_and_rejects_bad_input
         sample(model, [])
     with pytest.raises(SamplerError, match="shape"):
         sample(model, sym, init_positions=torch.zeros(2, 3))
+    with pytest.raises(SamplerError, match="max_step"):
+        sample(model, sym, max_step=0.0)
 
 
 def test_sigma_ladder():
@@ -365,7 +377,7 @@ def test_training_resume_is_exact_and_cli_trains(tmp_path):
     base = {"seed": 0, "data": {"source": "ase", "names": ["CH4", "H2O", "NH3", "CH3OH", "C2H6"], "val_fraction": 0.2},
             "model": {k: v for k, v in SMALL_MODEL.items() if k != "avg_num_neighbors"},
             "train": {"steps": 6, "batch_size": 3, "checkpoint_every": 3, "val_every": 3, "val_repeats": 1,
-                      "val_sigmas": [0.1, 1.0], "warmup_steps": 2, "progress": False}}
+                      "val_sigmas": [0.1, 1.0], "warmup_steps": 2, "progress": False, "threads": 1}}
 
     def cfg(out):
         c = json.loads(json.dumps(base))

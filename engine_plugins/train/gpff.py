@@ -447,7 +447,26 @@ def train_gpff(config: Union[GPFFTrainConfig, Dict[str, Any], str, Path], *,
 
     ``callback(step, stats)`` runs after every optimizer step (tests use it to interrupt a run).
     A ``KeyboardInterrupt`` (Ctrl-C; SIGTERM under the CLI) saves ``last.pt`` and is re-raised.
+    ``train.threads`` sets torch's CPU threads for the run (restored afterwards); 1 is the robust
+    choice on a small shared machine (measured here: 2 threads beside another busy process ran
+    over 10x slower than 1 thread: the OpenMP barrier waits for a descheduled thread).
     """
+    if isinstance(config, (str, Path)):
+        cfg = GPFFTrainConfig.load(config)
+    elif isinstance(config, dict):
+        cfg = GPFFTrainConfig.from_dict(config)
+    else:
+        cfg = config
+    threads_before = torch.get_num_threads()
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
+    try:
+        return _train(cfg, callback)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(cfg: GPFFTrainConfig, callback: Optional[Callable[[int, Dict[str, float]], None]]) -> Path:
     from engine_plugins.methods.gpff.model import (
         GPFFModelConfig,
         SamplerDefaults,
@@ -457,15 +476,7 @@ def train_gpff(config: Union[GPFFTrainConfig, Dict[str, Any], str, Path], *,
     )
     from engine_plugins.export.artifact import export_artifact
 
-    if isinstance(config, (str, Path)):
-        cfg = GPFFTrainConfig.load(config)
-    elif isinstance(config, dict):
-        cfg = GPFFTrainConfig.from_dict(config)
-    else:
-        cfg = config
     opts = cfg.train
-    if opts.threads:
-        torch.set_num_threads(int(opts.threads))
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
     device = _device(cfg.device)

@@ -179,23 +179,32 @@ class _Frame:
     """Applies the free-atom mask and the centroid projection to updates and noise."""
 
     def __init__(self, free: torch.Tensor, generator: torch.Generator, shape: Tuple[int, int, int],
-                 dtype: torch.dtype, device: torch.device) -> None:
+                 dtype: torch.dtype, device: torch.device, max_step: Optional[float] = None) -> None:
         self.free = free.to(device=device, dtype=dtype).view(1, -1, 1)
+        self.max_step = max_step
+        self.clipped = 0
         self.anchored = bool((free == 0).any())
         self.gen = generator
         self.shape = shape
         self.dtype = dtype
         self.device = device
 
-    def project(self, dx: torch.Tensor) -> torch.Tensor:
+    def project(self, dx: torch.Tensor, clip: bool = True) -> torch.Tensor:
         dx = dx * self.free
         if not self.anchored:
             dx = dx - dx.mean(1, keepdim=True)
+        if clip and self.max_step is not None:
+            # a trust region: scale a sample's whole update so no atom moves more than max_step
+            # (keeps the update's direction and its zero centroid)
+            longest = dx.norm(dim=-1).amax(1)  # [S]
+            scale = torch.clamp(self.max_step / longest.clamp(min=1e-300), max=1.0)
+            self.clipped += int((scale < 1.0).sum())
+            dx = dx * scale.view(-1, 1, 1)
         return dx
 
     def noise(self) -> torch.Tensor:
         eps = torch.randn(self.shape, generator=self.gen, dtype=torch.float64).to(self.device, self.dtype)
-        return self.project(eps)
+        return self.project(eps, clip=False)
 
     def rms(self, v: torch.Tensor) -> torch.Tensor:
         """Per-sample RMS per coordinate of ``v`` over free atoms [S]."""
@@ -320,8 +329,8 @@ def sample(model: Any, types: Union[Sequence[Any], torch.Tensor], n_atoms: Optio
            n_samples: int = 1, sigma_max: Optional[float] = None, sigma_min: Optional[float] = None,
            sigma_start: Union[float, str, None] = None, perturb: float = 0.0, schedule: Optional[str] = None,
            rho: Optional[float] = None, eta: float = 1.0, step: Optional[float] = None, renoise: float = 0.0,
-           atol: float = 0.01, rtol: float = 0.05, device: Union[str, torch.device, None] = None,
-           return_trajectory: bool = False) -> SampleResult:
+           atol: float = 0.01, rtol: float = 0.05, max_step: Optional[float] = None,
+           device: Union[str, torch.device, None] = None, return_trajectory: bool = False) -> SampleResult:
     """Generate ``n_samples`` structures of composition ``types`` with a GPFF pseudo-force model.
 
     ``types``: one type per atom (model type names or indices; ``n_atoms`` must match if given).
@@ -329,7 +338,10 @@ def sample(model: Any, types: Union[Sequence[Any], torch.Tensor], n_atoms: Optio
     and start from noise). ``fixed_mask`` [N] bool: atoms held exactly (need given positions).
     ``sigma_start``: the starting noise level: a number, ``"auto"`` (estimated from the first force
     evaluation, which counts in NFE), or None (``sigma_max`` if any atom is unknown, else
-    ``"auto"``). ``perturb``: noise (A) added to given, free atoms before sampling. Defaults
+    ``"auto"``). ``perturb``: noise (A) added to given, free atoms before sampling. ``max_step``:
+    optional cap (A) on any atom's deterministic displacement per update: a sample's update is
+    scaled down as a whole when needed (a trust region against a model that blows up on
+    overlapping atoms; off by default; ``info["clipped"]`` counts the scaled updates). Defaults
     (sampler, nfe, schedule, sigma range, denoise step) come from the artifact's metadata.
     Returns a :class:`SampleResult` with positions [S, N, 3] and the exact NFE.
     """
@@ -383,7 +395,9 @@ def sample(model: Any, types: Union[Sequence[Any], torch.Tensor], n_atoms: Optio
         raise SamplerError("every atom is fixed: nothing to sample")
     free = (~fixed).to(dtype)
     shape = (n_samples, n, 3)
-    fr = _Frame(free, gen, shape, dtype, dev)
+    if max_step is not None and not max_step > 0:
+        raise SamplerError(f"max_step={max_step}: must be positive (or None)")
+    fr = _Frame(free, gen, shape, dtype, dev, max_step)
     f = CountedForce(module, t, info.cutoff, info.dtype, dev)
 
     if sigma_start is None:
@@ -446,6 +460,8 @@ def sample(model: Any, types: Union[Sequence[Any], torch.Tensor], n_atoms: Optio
     else:
         x, used, extra = _adaptive(f, x, fr, nfe, s0, min(s_min, s0), atol, rtol, F0, record)
         run_info.update(extra)
+    if max_step is not None:
+        run_info["clipped"] = fr.clipped
     # fixed atoms exactly where they were given (updates were already zero there)
     x = torch.where(fmask, fixed_pos.expand_as(x), x)
     if was_training:

@@ -133,7 +133,7 @@ class CountedForce:
         self.dtype = dtype
         self.device = device
         self.nfe = 0
-        n = types.shape[0]
+        n = types.shape[0] if types.shape[0] <= 256 else 0  # all candidate pairs for molecules
         ii = torch.arange(n, device=device).repeat_interleave(n)
         jj = torch.arange(n, device=device).repeat(n)
         keep = ii != jj
@@ -141,6 +141,12 @@ class CountedForce:
 
     def graph(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         s, n = x.shape[0], x.shape[1]
+        if n > 256:  # large systems: the cell-list graph per sample instead of all pairs
+            from engine_plugins.nn.graph import neighbor_graph
+
+            parts = [neighbor_graph(x[k], self.cutoff)[0] + k * n for k in range(s)]
+            ei = torch.cat(parts, 1)
+            return ei, torch.zeros(ei.shape[1], 3, dtype=x.dtype, device=x.device)
         d = x[:, self._j] - x[:, self._i]  # [S, P, 3]
         keep = d.square().sum(-1) < self.cutoff ** 2
         sidx, pidx = torch.nonzero(keep, as_tuple=True)

@@ -58,7 +58,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 #: ``engine-plugins train METHOD CONFIG ...``: the module whose ``main(argv)`` trains each method.
-TRAINERS = {"gpff": "engine_plugins.train.gpff"}
+TRAINERS = {"gpff": "engine_plugins.train.gpff", "rm": "engine_plugins.train.response_matching"}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -88,6 +88,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from engine_plugins.data.simulate import run_simulate_command
 
     return run_simulate_command(args)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from engine_plugins.analysis.evaluate import main as evaluate_main
+
+    return evaluate_main(args)
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -175,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int)
     c.add_argument("--no-progress", dest="progress", action="store_false")
     s.set_defaults(func=_cmd_simulate)
+
+    s = sub.add_parser("evaluate", help="learned rollouts vs held-out reference MD: MSD, D, RDF JSD, drift; "
+                       "JSON, markdown, PNGs")
+    from engine_plugins.analysis.cli_args import add_arguments as _evaluate_arguments
+
+    _evaluate_arguments(s)
+    s.set_defaults(func=_cmd_evaluate)
 
     s = sub.add_parser("data", help="build the built-in structure sets: molecules (QM9-like) or crystals (prototypes)")
     s.add_argument("family", choices=["molecules", "crystals"])

@@ -1,0 +1,30 @@
+"""Argument definitions of the analysis commands, kept free of heavy imports so that
+``engine-plugins --help`` stays fast (the commands import MDAnalysis, torch, ... when they run)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``engine-plugins evaluate`` (handled by ``engine_plugins.analysis.evaluate.main``)."""
+    p.add_argument("cases", nargs="+", help="reference case directories (case.json) or their parent/manifest")
+    p.add_argument("--model", help="propagator artifact (role 'propagator')")
+    p.add_argument("--corrector", help="corrector artifact applied after each jump (role 'corrector')")
+    p.add_argument("--engine", choices=["standalone", "openmm", "lammps"], default="standalone")
+    p.add_argument("--output", default="out/evaluate")
+    p.add_argument("--jumps", type=int, help="jumps per case (default: cover the reference duration)")
+    p.add_argument("--duration-factor", type=float, default=1.0,
+                   help="run this many times the reference duration (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rollouts", help="evaluate rollouts already written here (DIR/<case_id>/case.json)")
+    p.add_argument("--r-max", type=float, default=6.0, help="RDF range, Å (at most half the cell)")
+    p.add_argument("--nbins", type=int, default=60)
+    p.add_argument("--fit-range", type=float, nargs=2, default=(0.2, 0.8), metavar=("LO", "HI"),
+                   help="MSD fit window for D, fractions of t_ref")
+    p.add_argument("--lag-fraction", type=float, default=1.0,
+                   help="t_ref = this fraction of the reference duration (default 1: its longest lag)")
+    p.add_argument("--flow-steps", type=int, help="override the model's number of flow steps")
+    p.add_argument("--ranks", type=int, default=1, help="MPI ranks (lammps engine)")
+    p.add_argument("--platform", default=None, help="OpenMM platform (openmm engine)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")

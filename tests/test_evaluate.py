@@ -1,0 +1,192 @@
+"""Evaluation of rollouts against reference MD: observables vs MDAnalysis's own analyses, figures
+of merit on known inputs, the evaluate command end to end on real tiny LAMMPS runs, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _md_runs import TRANSPORT_MATERIAL, TRANSPORT_T, transport_run
+from engine_plugins.analysis.evaluate import EvaluationError, compare, evaluate
+from engine_plugins.analysis.observables import (ObservableError, RadiusOfGyration, SpeciesMSD, SpeciesRDF,
+                                                 diffusivity, median_relative_error, msd_fft, rdf_jsd, spearman,
+                                                 trajectory_universe)
+from engine_plugins.analysis.rollout import RolloutError, check_roles, read_reference, rollout_start
+from engine_plugins.data.trajectories import UnwrappedTrajectory, load_cases
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_case():
+    return load_cases(transport_run())[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_traj(tiny_case) -> UnwrappedTrajectory:
+    return read_reference(tiny_case)
+
+
+def test_species_msd_equals_mdanalysis_einstein_msd(tiny_case, tiny_traj):
+    from MDAnalysis.analysis.msd import EinsteinMSD
+
+    from engine_plugins.data.trajectories import open_universe
+
+    # MDAnalysis unwraps the dump itself from its image flags: an independent path to the positions
+    u = open_universe(tiny_case.topology, tiny_case.trajectory, format="LAMMPSDUMP", topology_format="DATA",
+                      atom_style="id type x y z", unwrap_images=True, dt=0.001)
+    msd = SpeciesMSD(trajectory_universe(tiny_traj).atoms).run()
+    for species, lammps_type in (("Fw", 1), ("Li", 2)):
+        ref = EinsteinMSD(u, select=f"type {lammps_type}", msd_type="xyz", fft=False).run().results.timeseries
+        assert np.allclose(msd.results.msd[species], ref, rtol=1e-5, atol=1e-6), species
+    assert msd.results.msd["Li"][-1] > 1.0  # the mobile species really moved
+    assert np.allclose(msd.results.lagtimes, np.arange(tiny_traj.n_frames) * tiny_case.frame_interval)
+
+
+def test_msd_about_the_centre_of_mass_removes_a_uniform_drift(tiny_traj):
+    drifted = replace(tiny_traj, positions=tiny_traj.positions + np.arange(tiny_traj.n_frames)[:, None, None] * 0.3)
+    plain = SpeciesMSD(trajectory_universe(tiny_traj).atoms, remove_com=True).run().results
+    moved = SpeciesMSD(trajectory_universe(drifted).atoms, remove_com=True).run().results
+    assert np.allclose(plain.msd["Li"], moved.msd["Li"], atol=1e-4)
+    assert moved.com_drift[-1] == pytest.approx(0.3 * np.sqrt(3) * (tiny_traj.n_frames - 1), rel=1e-3)
+
+
+def test_diffusivity_of_a_known_line_and_fft_msd_of_a_ballistic_walk():
+    t = np.linspace(0, 10, 101)
+    assert diffusivity(t, 6 * 0.37 * t + 2.0) == pytest.approx(0.37, rel=1e-12)
+    with pytest.raises(ObservableError, match="fit_range"):
+        diffusivity(t, t, (0.9, 0.1))
+    v = np.array([[1.0, 2.0, 2.0]])  # |v| = 3: MSD(m) = 9 m^2 exactly
+    pos = np.arange(6)[:, None, None] * v[None]
+    assert np.allclose(msd_fft(pos), 9.0 * np.arange(6) ** 2)
+
+
+def test_species_rdf_equals_mdanalysis_interrdf(tiny_traj):
+    from MDAnalysis.analysis.rdf import InterRDF
+
+    u = trajectory_universe(tiny_traj)
+    rdf = SpeciesRDF(u.atoms, r_max=5.5, nbins=40).run()
+    for a, b in rdf.pairs:
+        kw = {"exclusion_block": (1, 1)} if a == b else {}
+        ref = InterRDF(u.select_atoms(f"type {a}"), u.select_atoms(f"type {b}"), nbins=40, range=(0, 5.5), **kw).run()
+        assert np.allclose(rdf.results.rdf[f"{a}-{b}"], ref.results.rdf, rtol=1e-10, atol=1e-12), (a, b)
+    with pytest.raises(ObservableError, match="half the shortest cell width"):
+        SpeciesRDF(u.atoms, r_max=7.0).run()
+
+
+def test_rdf_jsd_is_zero_with_itself_and_positive_when_perturbed(tiny_traj):
+    u = trajectory_universe(tiny_traj)
+    rng = np.random.default_rng(0)
+    shaken = replace(tiny_traj, positions=tiny_traj.positions + rng.normal(0, 0.25, tiny_traj.positions.shape))
+    g = SpeciesRDF(u.atoms, r_max=5.5, nbins=40).run().results
+    g2 = SpeciesRDF(trajectory_universe(shaken).atoms, r_max=5.5, nbins=40).run().results
+    for name in g.rdf:
+        assert rdf_jsd(g.bins, g.rdf[name], g.rdf[name]) == 0.0
+    assert rdf_jsd(g.bins, g.rdf["Fw-Fw"], g2.rdf["Fw-Fw"]) > 0.01  # a smeared crystal is visibly different
+    # p = g r^2 normalised: two shells of equal g but different r weigh as r^2 (JSD of known distributions)
+    r = np.array([1.0, 2.0])
+    p, q = np.array([0.8, 0.2]), np.array([0.2, 0.8])
+    expected = 0.5 * sum(a * np.log(a / m) for a, m in zip(p, (p + q) / 2)) + \
+        0.5 * sum(b * np.log(b / m) for b, m in zip(q, (p + q) / 2))
+    assert rdf_jsd(r, p / r ** 2, q / r ** 2) == pytest.approx(expected, rel=1e-12)
+
+
+def test_radius_of_gyration_equals_mdanalysis(tiny_traj):
+    sub = replace(tiny_traj, positions=tiny_traj.positions[:, :12], species=tiny_traj.species[:12],
+                  masses=np.linspace(1.0, 3.0, 12))
+    bonds = [(0, 1), (1, 2), (2, 3), (5, 6), (6, 7), (7, 8), (8, 9)]  # chains of 4 and 5; 4, 10, 11 alone
+    u = trajectory_universe(sub, bonds=bonds)
+    rg = RadiusOfGyration(u.atoms).run()
+    assert [len(c) for c in rg.results.chains] == [4, 5]
+    for k, frag in enumerate(f for f in u.atoms.fragments if len(f) > 1):
+        ref = [frag.radius_of_gyration() for _ in u.trajectory]
+        assert np.allclose(rg.results.timeseries[:, k], ref, rtol=1e-5)
+    with pytest.raises(ObservableError, match="no chains"):
+        RadiusOfGyration(trajectory_universe(sub, bonds=[]).atoms, chains=[])
+
+
+def test_spearman_and_median_relative_error_on_known_inputs():
+    # no ties: rho = 1 - 6 sum d^2 / (n (n^2 - 1)) = 1 - 6 * 4 / 120 = 0.8
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(spearman([1, 2], [1, 2]))
+    assert median_relative_error([1.1, 0.5, 2.0], [1.0, 1.0, 1.0]) == pytest.approx(0.5)
+    assert median_relative_error([2.0, 3.0], [0.0, 2.0]) == pytest.approx(0.5)  # ref 0 is left out
+
+
+def test_compare_a_trajectory_with_itself_and_with_fewer_atoms(tiny_traj):
+    same = compare(tiny_traj, tiny_traj, mobile=["Li"], r_max=5.5, nbins=40)
+    li = same["species"]["Li"]
+    assert li["relative_error"] == 0.0 and li["msd_ref"] > 1.0
+    assert same["rdf"]["jsd_max"] == 0.0 and same["nonfinite_frames"] == 0
+    nan = replace(tiny_traj, positions=tiny_traj.positions.copy())
+    nan.positions[15:, 3] = np.nan
+    assert compare(tiny_traj, nan, mobile=["Li"], r_max=5.5, nbins=40)["first_nonfinite_frame"] == 15
+    fewer = replace(tiny_traj, positions=tiny_traj.positions[:, :-1], species=tiny_traj.species[:-1],
+                    masses=tiny_traj.masses[:-1])
+    with pytest.raises(EvaluationError, match="lost atoms"):
+        compare(tiny_traj, fewer, mobile=["Li"])
+
+
+def test_evaluate_cli_on_an_independent_tiny_run(tiny_case, tmp_path):
+    """Reference vs an independent LAMMPS run of the same case (another seed), through the CLI."""
+    from engine_plugins.cli import main
+    from engine_plugins.data.simulate import TRANSPORT_PRESETS, simulate_transport
+
+    other = tmp_path / "other"
+    simulate_transport(other, materials=[TRANSPORT_MATERIAL], temperatures=[TRANSPORT_T],
+                       settings=replace(TRANSPORT_PRESETS["tiny"], seed=7), progress=False)
+    out = tmp_path / "eval"
+    rc = main(["evaluate", str(tiny_case.topology.parent), "--rollouts", str(other), "--output", str(out),
+               "--r-max", "5.5", "--nbins", "40", "--no-progress"])
+    assert rc == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    case = report["cases"][tiny_case.case_id]
+    li = case["species"]["Li"]
+    assert li["mobile"] and li["msd_ref"] > 1.0 and li["msd_learned"] > 1.0
+    assert 0.0 < case["rdf"]["jsd_mean"] < 0.05  # same physics, different noise
+    assert case["rollout"]["n_jumps"] == 20 and case["nonfinite_frames"] == 0 and case["lost_atoms"] == 0
+    assert report["aggregate"]["per_species"]["Li"]["cases"] == 1
+    text = (out / "summary.md").read_text()
+    assert "Jensen-Shannon" in text and tiny_case.case_id in text
+    for png in ("msd_curves.png", "msd_parity.png", "rdf_overlays.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_inputs(tiny_case, tmp_path, capsys):
+    from engine_plugins.cli import main
+
+    assert main(["evaluate", str(tmp_path / "missing"), "--model", str(REPO / "exported_models" / "lj_argon.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    case_dir = str(tiny_case.topology.parent)
+    assert main(["evaluate", case_dir, "--model", str(REPO / "exported_models" / "lj_argon.pt"),
+                 "--output", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "'pseudo_force' artifact" in err and "'propagator'" in err
+    with pytest.raises(RolloutError, match="corrector"):
+        check_roles(_propagator_stub(tmp_path), REPO / "exported_models" / "lj_argon.pt")
+    with pytest.raises(RolloutError, match="not among the model's type names"):
+        rollout_start(tiny_case, ["Ar"])
+    with pytest.raises(EvaluationError, match="--model"):
+        evaluate([case_dir], output=tmp_path / "x", progress=False)
+
+
+def _propagator_stub(tmp_path: Path) -> Path:
+    """A real propagator artifact (the closed-form test vector field) for role checks."""
+    import torch
+
+    from engine_plugins.export.artifact import export_artifact
+    from engine_plugins.export.metadata import ArtifactMetadata
+    from engine_plugins.methods.propagator.analytic import PairRelaxPropagator
+
+    meta = ArtifactMetadata(role="propagator", method="pair_relax", type_names=["Fw", "Li"], cutoff=4.0,
+                            num_message_passing_layers=2, units={"length": "angstrom", "energy": "eV", "time": "ps"},
+                            role_fields={"delta_tau": 0.1, "temperature_range": [600.0, 1200.0], "flow_steps": 2,
+                                         "solver": "euler", "prior": {"kind": "maxwell_boltzmann",
+                                                                      "scale": {"Fw": 1.0, "Li": 1.0},
+                                                                      "mass": {"Fw": 100.0, "Li": 6.94}}})
+    return export_artifact(torch.jit.script(PairRelaxPropagator()), meta, tmp_path / "prop.pt")

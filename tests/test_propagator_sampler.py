@@ -1,0 +1,276 @@
+"""The standalone flow sampler (FlowJump / propagate) against hand-written references of the contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine_plugins.export import ArtifactMetadata, export_artifact
+from engine_plugins.methods.propagator.analytic import PairRelaxPropagator
+from engine_plugins.methods.propagator.prior import maxwell_boltzmann_sigma
+from engine_plugins.methods.propagator.sampler import (CORRECTOR_ATTEMPT_OFFSET, JumpFailedError, SamplerError,
+                                                       build_flow_jump, propagate)
+from engine_plugins.nn.counter_noise import counter_normal
+from engine_plugins.nn.graph import neighbor_graph
+
+NAMES = ["Li", "Ar"]
+SCALE = {"Li": 1.0, "Ar": 0.5}
+MASS = {"Li": 6.94, "Ar": 39.948}
+BOX = 12.0
+
+
+def export_field(path, module: torch.nn.Module, role: str = "propagator", solver: str = "euler", flow_steps: int = 4,
+                 periodicity: str = "any", max_displacement: float = 3.0, max_attempts: int = 4,
+                 scale: dict | None = None, delta_tau: float = 2.0):
+    """A PairRelax-style artifact with every propagator/corrector role field."""
+    rf = {"temperature_range": [300.0, 900.0], "flow_steps": flow_steps, "solver": solver,
+          "prior": {"kind": "maxwell_boltzmann", "scale": scale or SCALE, "mass": MASS},
+          "max_displacement": max_displacement, "max_attempts": max_attempts}
+    if role == "propagator":
+        rf["delta_tau"] = delta_tau
+    meta = ArtifactMetadata(role=role, method="pair_relax_test", type_names=list(NAMES), cutoff=4.0,
+                            num_message_passing_layers=2, units={"length": "angstrom", "energy": "eV", "time": "ps"},
+                            periodicity=periodicity, role_fields=rf)
+    return export_artifact(module, meta, path)
+
+
+def system(n: int = 24, seed: int = 0, box: float = BOX):
+    rng = np.random.default_rng(seed)
+    # jittered grid: no overlaps, neighbours within the 4 Å cutoff, some across the boundary
+    g = int(np.ceil(n ** (1 / 3)))
+    grid = np.array([[i, j, k] for i in range(g) for j in range(g) for k in range(g)], float)[:n]
+    pos = (grid + 0.5) * (box / g) + rng.normal(0, 0.3, (n, 3))
+    types = np.array([i % 2 for i in range(n)])
+    return pos, types
+
+
+def sigma_z(types, temperature, seed, step, attempt):
+    """sigma_i * z_i of the contract, from prior.py and counter_noise.py."""
+    t = torch.as_tensor(types)
+    s = maxwell_boltzmann_sigma(t, torch.full((len(t),), float(temperature), dtype=torch.float64),
+                                torch.tensor([SCALE[n] for n in NAMES], dtype=torch.float64),
+                                torch.tensor([MASS[n] for n in NAMES], dtype=torch.float64))
+    return (s[:, None] * counter_normal(seed, step, torch.arange(1, len(t) + 1), attempt)).numpy()
+
+
+def remove_mean(d, types):
+    m = np.array([MASS[NAMES[t]] for t in types])[:, None]
+    return d - (m * d).sum(0) / m.sum()
+
+
+def reference_jump(module, pos, types, box, temperature, seed, step, k, solver, attempt=0):
+    """A plain hand-written flow loop (Python module, fresh graph) of the contract."""
+    x_cond = torch.tensor(pos)
+    ei, es = neighbor_graph(x_cond, 4.0, None if box is None else torch.eye(3, dtype=torch.float64) * box)
+    tt = torch.tensor(types)
+    temp = torch.full((len(pos),), float(temperature), dtype=torch.float64)
+    x = x_cond + torch.tensor(sigma_z(types, temperature, seed, step, attempt))
+    h = 1.0 / k
+
+    def v(y, t):
+        return module(y, x_cond, tt, ei, es, torch.tensor(t, dtype=torch.float64), temp, len(pos))
+
+    for i in range(k):
+        if solver == "euler":
+            x = x + h * v(x, i * h)
+        else:
+            xp = x + h * v(x, i * h)
+            x = x + 0.5 * h * (v(x, i * h) + v(xp, i * h + h))
+    return pos + remove_mean((x - x_cond).numpy(), types)
+
+
+def run_jump(jump, pos, types, box, temperature, seed, step):
+    b = None if box is None else torch.eye(3, dtype=torch.float64) * box
+    out = jump(torch.tensor(pos), torch.tensor(types), b, torch.full((len(pos),), float(temperature),
+                                                                    dtype=torch.float64), seed, step)
+    return out.numpy()
+
+
+class NaNField(torch.nn.Module):
+    """Always NaN on more than two atoms (the role smoke test uses two)."""
+
+    def forward(self, x_t: torch.Tensor, x_cond: torch.Tensor, types: torch.Tensor, edge_index: torch.Tensor,
+                edge_shift: torch.Tensor, t: torch.Tensor, temperature: torch.Tensor, n_local: int) -> torch.Tensor:
+        if x_t.shape[0] > 2:
+            return x_t * float("nan")
+        return torch.zeros_like(x_t)
+
+
+class NaNOnFirstDraw(torch.nn.Module):
+    """NaN when the flow starts from one given x_0 (the attempt-0 draw), zero velocity otherwise."""
+
+    def __init__(self, bad_x0: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("bad", bad_x0)
+
+    def forward(self, x_t: torch.Tensor, x_cond: torch.Tensor, types: torch.Tensor, edge_index: torch.Tensor,
+                edge_shift: torch.Tensor, t: torch.Tensor, temperature: torch.Tensor, n_local: int) -> torch.Tensor:
+        if x_t.shape == self.bad.shape and bool((x_t - self.bad).abs().max() < 1e-9):
+            return x_t * float("nan")
+        return torch.zeros_like(x_t)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("prop")
+    return {"zero": export_field(d / "zero.pt", PairRelaxPropagator(strength=0.0, drift=0.0)),
+            "euler": export_field(d / "euler.pt", PairRelaxPropagator(strength=0.05, drift=0.5)),
+            "heun": export_field(d / "heun.pt", PairRelaxPropagator(strength=0.05, drift=0.5), solver="heun"),
+            "zero_corr": export_field(d / "zc.pt", PairRelaxPropagator(strength=0.0, drift=0.0), role="corrector",
+                                      scale={"Li": 0.3, "Ar": 0.2}),
+            "nan": export_field(d / "nan.pt", NaNField()),
+            "explode": export_field(d / "explode.pt", PairRelaxPropagator(strength=0.0, drift=-1000.0),
+                                    max_displacement=2.0, max_attempts=3),
+            "dir": d}
+
+
+def test_zero_field_jump_is_the_prior_noise_minus_its_mass_weighted_mean(models):
+    pos, types = system()
+    jump = build_flow_jump(models["zero"])
+    out = run_jump(jump, pos, types, BOX, 600.0, seed=11, step=5)
+    expected = remove_mean(sigma_z(types, 600.0, 11, 5, 0), types)
+    assert np.abs((out - pos) - expected).max() < 1e-13  # float64 round-off of (x + d) - x only
+    assert np.std(expected) > 0.01  # a real displacement, not zeros
+    m = np.array([MASS[NAMES[t]] for t in types])
+    assert np.abs((m[:, None] * (out - pos)).sum(0)).max() < 1e-12  # no centre-of-mass drift
+    assert jump.total_retries() == 0
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_solver_equals_a_hand_written_loop(models, solver):
+    pos, types = system(seed=1)
+    module = PairRelaxPropagator(strength=0.05, drift=0.5)
+    for k in (4, 7):
+        jump = build_flow_jump(models[solver], flow_steps=k)
+        for periodic in (True, False):
+            box = BOX if periodic else None
+            out = run_jump(jump, pos, types, box, 450.0, seed=3, step=2)
+            ref = reference_jump(module, pos, types, box, 450.0, 3, 2, k, solver)
+            assert np.abs(out - ref).max() < 1e-12
+            assert np.abs(out - pos - remove_mean(sigma_z(types, 450.0, 3, 2, 0), types)).max() > 1e-3  # v matters
+    e = run_jump(build_flow_jump(models["euler"]), pos, types, BOX, 450.0, 3, 2)
+    h = run_jump(build_flow_jump(models["heun"]), pos, types, BOX, 450.0, 3, 2)
+    assert np.abs(e - h).max() > 1e-6
+    # the solver override reproduces the other artifact
+    assert np.abs(run_jump(build_flow_jump(models["euler"], solver="heun"), pos, types, BOX, 450.0, 3, 2) - h).max() == 0
+
+
+def test_periodic_equals_open_in_a_large_box_and_is_translation_invariant(models):
+    pos, types = system(seed=2)
+    jump = build_flow_jump(models["euler"])
+    open_ = run_jump(jump, pos + 40.0, types, None, 500.0, 5, 9)
+    big = run_jump(jump, pos + 40.0, types, 100.0, 500.0, 5, 9)
+    assert np.abs(open_ - big).max() < 1e-12
+    # periodic images: moving atoms by whole box vectors changes nothing but those translations
+    shift = np.zeros_like(pos)
+    shift[::3, 0] = BOX
+    shift[1::4, 2] = -2 * BOX
+    a = run_jump(jump, pos, types, BOX, 500.0, 5, 9)
+    b = run_jump(jump, pos + shift, types, BOX, 500.0, 5, 9)
+    assert np.abs((b - shift) - a).max() < 1e-12
+    assert np.abs(a - open_ + 40.0).max() > 1e-6  # across-boundary neighbours do matter
+
+
+def test_determinism_by_seed_and_step(models):
+    pos, types = system(seed=3)
+    j1, j2 = build_flow_jump(models["euler"]), build_flow_jump(models["euler"])
+    a = run_jump(j1, pos, types, BOX, 600.0, 7, 4)
+    assert np.array_equal(a, run_jump(j2, pos, types, BOX, 600.0, 7, 4))
+    assert np.abs(a - run_jump(j1, pos, types, BOX, 600.0, 8, 4)).max() > 1e-3
+    assert np.abs(a - run_jump(j1, pos, types, BOX, 600.0, 7, 5)).max() > 1e-3
+
+
+def test_nan_everywhere_stops_after_max_attempts(models):
+    pos, types = system(seed=4)
+    jump = build_flow_jump(models["nan"])
+    with pytest.raises(torch.jit.Error, match=r"failed all 4 attempts.*non-finite"):
+        run_jump(jump, pos, types, BOX, 600.0, 1, 0)
+    assert jump.total_retries() == 4
+    # the rollout turns it into a Python exception with just the message
+    with pytest.raises(JumpFailedError, match=r"^engine_plugins: learned propagator jump at step 2 .*failed all 4"):
+        propagate(models["nan"], pos, [NAMES[t] for t in types], np.eye(3) * BOX, 600.0, 2, start_step=2,
+                  progress=False)
+
+
+def test_explosion_beyond_max_displacement_stops_the_run(models):
+    pos, types = system(seed=4)
+    jump = build_flow_jump(models["explode"])
+    with pytest.raises(torch.jit.Error, match=r"failed all 3 attempts.*above max_displacement 2"):
+        run_jump(jump, pos, types, BOX, 600.0, 1, 0)
+
+
+def test_nan_on_the_first_draw_is_redrawn_once(models):
+    pos, types = system(seed=5)
+    bad = torch.tensor(pos) + torch.tensor(sigma_z(types, 600.0, 2, 3, 0))
+    path = export_field(models["dir"] / "nan_once.pt", NaNOnFirstDraw(bad))
+    jump = build_flow_jump(path)
+    out = run_jump(jump, pos, types, BOX, 600.0, 2, 3)
+    assert jump.total_retries() == 1
+    # the accepted jump is the attempt-1 draw
+    assert np.abs(out - pos - remove_mean(sigma_z(types, 600.0, 2, 3, 1), types)).max() < 1e-13
+    run_jump(jump, pos, types, BOX, 600.0, 2, 4)  # another step: no NaN, no retry
+    assert jump.total_retries() == 1
+
+
+def test_corrector_uses_its_own_noise_stream(models):
+    pos, types = system(seed=6)
+    jump = build_flow_jump(models["euler"], corrector=models["zero_corr"])
+    out = run_jump(jump, pos, types, BOX, 600.0, 4, 1)
+    jumped = run_jump(build_flow_jump(models["euler"]), pos, types, BOX, 600.0, 4, 1)
+    scale_c = {"Li": 0.3, "Ar": 0.2}
+    s = np.array([scale_c[NAMES[t]] / SCALE[NAMES[t]] for t in types])[:, None]
+    corr = remove_mean(s * sigma_z(types, 600.0, 4, 1, CORRECTOR_ATTEMPT_OFFSET), types)
+    assert np.abs(out - jumped - corr).max() < 1e-12
+
+
+def test_propagate_rollout_trajectory_and_continuation(models, tmp_path):
+    import MDAnalysis as mda
+
+    pos, types = system(seed=7)
+    names = [NAMES[t] for t in types]
+    r = propagate(models["euler"], pos, names, box=np.eye(3) * BOX, temperature=600.0, n_jumps=4, seed=9,
+                  trajectory=tmp_path / "roll.dcd", progress=False)
+    assert r.positions.shape == (5, len(pos), 3) and r.retries == 0
+    assert np.allclose(r.time_ps, 2.0 * np.arange(5))
+    jump = build_flow_jump(models["euler"])
+    x = pos
+    for k in range(4):
+        x = run_jump(jump, x, types, BOX, 600.0, 9, k)
+    assert np.abs(r.positions[-1] - x).max() < 1e-12
+    # continuing from frame 2 with start_step=2 reproduces frames 3..4
+    r2 = propagate(models["euler"], r.positions[2], names, box=np.eye(3) * BOX, temperature=600.0, n_jumps=2,
+                   seed=9, start_step=2, progress=False)
+    assert np.abs(r2.positions[1:] - r.positions[3:]).max() < 1e-12
+    u = mda.Universe(str(tmp_path / "roll.pdb"), str(tmp_path / "roll.dcd"))
+    assert len(u.trajectory) == 5 and list(u.atoms.names[:2]) == ["Li", "Ar"]
+    u.trajectory[4]
+    assert np.abs(u.atoms.positions - r.positions[4]).max() < 1e-4  # DCD stores float32
+    assert np.allclose(u.dimensions[:3], BOX)
+    # any other MDAnalysis format by suffix
+    propagate(models["euler"], pos, names, box=np.eye(3) * BOX, temperature=600.0, n_jumps=1, seed=9,
+              trajectory=tmp_path / "roll.xyz", progress=False)
+    assert len(mda.Universe(str(tmp_path / "roll.xyz")).trajectory) == 2
+
+
+def test_bad_inputs(models, tmp_path):
+    from engine_plugins.methods.lennard_jones import LennardJones, lennard_jones_metadata
+
+    pos, types = system(seed=8)
+    names = [NAMES[t] for t in types]
+    lj = export_artifact(LennardJones([0.2], [3.4], 8.5), lennard_jones_metadata(["Li"], 8.5), tmp_path / "lj.pt")
+    with pytest.raises(SamplerError, match="role is 'pseudo_force'.*'propagator'"):
+        propagate(lj, pos, names, np.eye(3) * BOX, 600.0, 1, progress=False)
+    with pytest.raises(SamplerError, match="role is 'propagator'.*'corrector'"):
+        build_flow_jump(models["euler"], corrector=models["euler"])
+    with pytest.raises(SamplerError, match="type name.*Xe.*not known"):
+        propagate(models["euler"], pos, ["Xe"] + names[1:], np.eye(3) * BOX, 600.0, 1, progress=False)
+    with pytest.raises(SamplerError, match="types for"):
+        propagate(models["euler"], pos, names[:-1], np.eye(3) * BOX, 600.0, 1, progress=False)
+    with pytest.warns(UserWarning, match=r"outside the model's training range \[300, 900\]"):
+        propagate(models["euler"], pos, names, np.eye(3) * BOX, 1500.0, 1, progress=False)
+    per = export_field(tmp_path / "per.pt", PairRelaxPropagator(), periodicity="periodic")
+    with pytest.raises(SamplerError, match="periodic systems but no box"):
+        propagate(per, pos, names, None, 600.0, 1, progress=False)
+    with pytest.raises(SamplerError, match="solver 'rk4'"):
+        build_flow_jump(models["euler"], solver="rk4")

@@ -264,3 +264,135 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------ adapters
+def _model_length_to_angstrom(model: Path) -> float:
+    from engine_plugins.export.artifact import read_metadata
+    from engine_plugins.units import length_factor
+
+    return float(length_factor(read_metadata(model).units["length"], "angstrom"))
+
+
+@adapter("standalone")
+def _standalone(model: Path, start: RolloutStart, n_jumps: int, seed: int, corrector: Path | None, directory: Path,
+                progress: bool, options: dict[str, Any]) -> Rollout:
+    """The package's sampler (``methods.propagator.sampler.propagate``): TorchScript FlowJump in Python."""
+    sampler = _need("engine_plugins.methods.propagator.sampler", "the standalone learned sampler")
+    to_a = _model_length_to_angstrom(model)
+    t0 = time.perf_counter()
+    res = sampler.propagate(str(model), start.positions / to_a, [start.type_names[t] for t in start.types],
+                            box=start.box / to_a, temperature=start.temperature, n_jumps=n_jumps, seed=seed,
+                            corrector=str(corrector) if corrector else None, flow_steps=options.get("flow_steps"),
+                            progress=progress, device=options.get("device"))
+    wall = time.perf_counter() - t0
+    return save_positions_rollout(directory, start, np.asarray(res.positions) * to_a, engine="standalone",
+                                  delta_tau=float(res.delta_tau_ps), seed=seed, wall=wall,
+                                  info={"retries": int(res.retries), "corrector": str(corrector) if corrector else None})
+
+
+@adapter("openmm")
+def _openmm(model: Path, start: RolloutStart, n_jumps: int, seed: int, corrector: Path | None, directory: Path,
+            progress: bool, options: dict[str, Any]) -> Rollout:
+    """OpenMM: TorchForce + CustomIntegrator (``engines.openmm_propagate``), one ``step`` per jump;
+    positions read back unwrapped (``enforcePeriodicBox=False``) after every step."""
+    import openmm as mm
+    import openmm.unit as u
+    from tqdm.auto import tqdm
+
+    om = _need("engine_plugins.engines.openmm_propagate", "learned propagation in OpenMM")
+    from engine_plugins.export.artifact import read_metadata
+
+    masses = read_metadata(model).role_fields["prior"]["mass"]
+    system = mm.System()
+    system.setDefaultPeriodicBoxVectors(*[mm.Vec3(*row) * 0.1 for row in start.box])
+    names = [start.type_names[t] for t in start.types]
+    for name in names:
+        system.addParticle(float(masses[name]))
+    setup = om.create_learned_integrator(system, names, str(model), str(corrector) if corrector else None,
+                                         temperature=start.temperature, seed=seed, periodic=True,
+                                         flow_steps=options.get("flow_steps"))
+    platform = options.get("platform") or "CPU"
+    props = {"Threads": str(options.get("threads", 1))} if platform == "CPU" else {}
+    context = mm.Context(system, setup.integrator, mm.Platform.getPlatformByName(platform), props)
+    context.setPositions(start.positions * 0.1)
+    frames = np.empty((n_jumps + 1, start.n_atoms, 3))
+    frames[0] = start.positions
+    t0 = time.perf_counter()
+    for k in tqdm(range(n_jumps), desc=f"OpenMM jumps {start.case_id}", unit="jump", disable=not progress):
+        setup.integrator.step(1)
+        frames[k + 1] = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.angstrom)
+    wall = time.perf_counter() - t0
+    return save_positions_rollout(directory, start, frames, engine="openmm", delta_tau=float(setup.delta_tau_ps),
+                                  seed=seed, wall=wall, info={"retries": setup.retries(), "platform": platform,
+                                                              "corrector": str(corrector) if corrector else None})
+
+
+LAMMPS_UNITS = {("angstrom", "ps"): "metal", ("angstrom", "fs"): "real"}
+
+
+def lammps_propagate_input(model: Path, start: RolloutStart, n_jumps: int, seed: int, corrector: Path | None,
+                           options: dict[str, Any], dump_every: int = 1) -> str:
+    """LAMMPS input of a learned rollout: ``fix ep/propagate`` replaces time integration, one
+    jump of Δτ per timestep; dump of wrapped positions with image flags, sorted by id."""
+    from engine_plugins.export.artifact import read_metadata
+    from engine_plugins.units import length_factor, time_factor
+
+    meta = read_metadata(model)
+    key = (meta.units["length"], meta.units["time"])
+    style = LAMMPS_UNITS.get(key)
+    if style is None:
+        raise RolloutError(f"{model}: no LAMMPS units style for length {key[0]} and time {key[1]} here (known: "
+                           f"{', '.join(f'{a}/{b} -> {s}' for (a, b), s in LAMMPS_UNITS.items())})")
+    lammps_time = "ps" if style == "metal" else "fs"
+    dt = float(meta.role_fields["delta_tau"]) * time_factor(meta.units["time"], lammps_time)
+    cut = meta.cutoff * length_factor(meta.units["length"], "angstrom")
+    if corrector is not None:
+        from engine_plugins.export.artifact import read_metadata as rm
+        cut = max(cut, rm(corrector).cutoff * length_factor(rm(corrector).units["length"], "angstrom"))
+    extra = ""
+    if corrector is not None:
+        extra += f" corrector {Path(corrector).resolve()}"
+    if options.get("flow_steps"):
+        extra += f" steps {int(options['flow_steps'])}"
+    return "\n".join([
+        f"units {style}", "atom_style atomic", "boundary p p p", "atom_modify map yes",
+        "read_data start.data", f"pair_style zero {cut:.10g}", "pair_coeff * *",
+        f"timestep {dt:.17g}",
+        f"fix prop all ep/propagate {Path(model).resolve()} types {' '.join(start.type_names)} "
+        f"temp {start.temperature:.17g} seed {seed}{extra} threads 1",
+        f"dump traj all custom {dump_every} traj.lammpstrj id type x y z ix iy iz", "dump_modify traj sort id",
+        f"thermo {max(1, n_jumps // 20)}", f"run {n_jumps}", ""])
+
+
+@adapter("lammps")
+def _lammps(model: Path, start: RolloutStart, n_jumps: int, seed: int, corrector: Path | None, directory: Path,
+            progress: bool, options: dict[str, Any]) -> Rollout:
+    """LAMMPS ``fix ep/propagate`` (plugin), ``lmp`` of this environment on ``ranks`` MPI ranks."""
+    import re
+
+    from engine_plugins.engines.lammps_backend import run_lammps_script
+    from engine_plugins.engines.lammps_build import build_plugin
+
+    build_plugin()
+    write_topology(directory / "start.data", start)
+    (directory / "in.propagate").write_text(lammps_propagate_input(model, start, n_jumps, seed, corrector, options))
+    ranks = int(options.get("ranks") or 1)
+    t0 = time.perf_counter()
+    run_out = run_lammps_script(directory / "in.propagate", ranks, workdir=directory,
+                                timeout=float(options.get("timeout", 3600)))
+    wall = time.perf_counter() - t0
+    loop = re.findall(r"Loop time of ([0-9.eE+-]+) on", run_out.stdout)
+    from engine_plugins.export.artifact import read_metadata
+    from engine_plugins.units import time_factor
+
+    meta = read_metadata(model)
+    dtau = float(meta.role_fields["delta_tau"]) * time_factor(meta.units["time"], "ps")
+    case_json = write_case(directory, start, "traj.lammpstrj", delta_tau=dtau, unwrap="images",
+                           universe_kwargs={"topology_format": "DATA", "format": "LAMMPSDUMP",
+                                            "atom_style": "id type x y z", "dt": dtau},
+                           extra={"engine": "lammps", "seed": seed, "wall_seconds": wall, "ranks": ranks,
+                                  "loop_seconds": float(loop[-1]) if loop else None})
+    return Rollout("lammps", start.case_id, directory, case_json, n_jumps, dtau, seed, wall, "images",
+                   {"ranks": ranks, "loop_seconds": float(loop[-1]) if loop else None,
+                    "corrector": str(corrector) if corrector else None})

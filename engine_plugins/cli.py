@@ -75,6 +75,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         return bench_engines(sizes=args.sizes, repeats=args.repeats, model=args.model, ranks=args.ranks,
                              output=args.output, rounds=args.rounds)
+    if args.what == "propagate":
+        from engine_plugins.bench.propagate import main as bench_propagate
+
+        return bench_propagate(args.systems, engines=args.engines, jumps=args.jumps, md_steps=args.md_steps,
+                               threads=args.threads, model_transport=args.model_transport,
+                               corrector_transport=args.corrector_transport, model_cg=args.model_cg,
+                               no_corrector=args.no_corrector, output=args.output)
+    if args.what == "generate":
+        from engine_plugins.bench.generate import main as bench_generate
+
+        return bench_generate(model=args.model, data=args.data, molecules=args.molecules, nfe=args.nfe,
+                              sampler=args.sampler, sigma_start=args.sigma_start, rounds=args.rounds,
+                              output=args.output)
     raise SystemExit(f"unknown benchmark '{args.what}'")
 
 
@@ -134,13 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
-    s.add_argument("what", choices=["engines"])
+    s.add_argument("what", choices=["engines", "propagate"])
     s.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4000])
     s.add_argument("--repeats", type=int, default=5, help="evaluations per path per round")
     s.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is reported)")
     s.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     s.add_argument("--model", default=None, help="pseudo_force artifact (default: the shipped NequIP demo model)")
     s.add_argument("--output", default=None, help="also write the figures as JSON here")
+    from engine_plugins.analysis.cli_args import add_bench_propagate_arguments
+
+    add_bench_propagate_arguments(s)
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("demo", help="reference MD of a built-in system in LAMMPS and OpenMM with a shipped model")

@@ -28,3 +28,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ranks", type=int, default=1, help="MPI ranks (lammps engine)")
     p.add_argument("--platform", default=None, help="OpenMM platform (openmm engine)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def add_bench_propagate_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``engine-plugins bench propagate`` (engine_plugins.bench.propagate)."""
+    g = p.add_argument_group("bench propagate (learned jumps vs reference MD)")
+    g.add_argument("--systems", nargs="+", choices=["transport", "cg"], default=["transport", "cg"])
+    g.add_argument("--engines", nargs="+", choices=["standalone", "openmm", "lammps"],
+                   default=["standalone", "openmm", "lammps"])
+    g.add_argument("--jumps", type=int, default=10, help="timed learned jumps per path (after 2 warm-up jumps)")
+    g.add_argument("--md-steps", type=int, default=2000, help="timed reference MD steps")
+    g.add_argument("--threads", type=int, default=1, help="CPU threads of every path")
+    g.add_argument("--model-transport", help="propagator (default exported_models/propagator_transport.pt)")
+    g.add_argument("--corrector-transport", help="corrector (default exported_models/corrector_transport.pt if present)")
+    g.add_argument("--model-cg", help="propagator (default exported_models/propagator_cg_water.pt)")
+    g.add_argument("--no-corrector", action="store_true", help="time the propagator alone")

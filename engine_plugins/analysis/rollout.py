@@ -361,7 +361,7 @@ def lammps_propagate_input(model: Path, start: RolloutStart, n_jumps: int, seed:
         f"timestep {dt:.17g}",
         f"fix prop all ep/propagate {Path(model).resolve()} types {' '.join(start.type_names)} "
         f"temp {start.temperature:.17g} seed {seed}{extra} threads 1",
-        f"dump traj all custom {dump_every} traj.lammpstrj id type x y z ix iy iz", "dump_modify traj sort id",
+        f"dump traj all custom {dump_every} traj.lammpstrj id type x y z ix iy iz", "dump_modify traj sort id format float %.10g",
         f"thermo {max(1, n_jumps // 20)}", f"run {n_jumps}", ""])
 
 

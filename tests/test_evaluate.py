@@ -19,6 +19,7 @@ from engine_plugins.analysis.rollout import RolloutError, check_roles, read_refe
 from engine_plugins.data.trajectories import UnwrappedTrajectory, load_cases
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.filterwarnings("ignore:DCDReader currently makes:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +158,28 @@ def test_evaluate_cli_on_an_independent_tiny_run(tiny_case, tmp_path):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_evaluate_runs_standalone_rollouts_of_a_propagator(tiny_case, tmp_path):
+    """A real propagator artifact (closed-form field) rolled out by the standalone sampler: jumps
+    cover the reference, frame 0 is the reference's first frame, the DCD is what the sampler made."""
+    from engine_plugins.methods.propagator.sampler import propagate
+
+    model = _propagator_stub(tmp_path, delta_tau=0.1, temperature_range=(300.0, 900.0))
+    out = tmp_path / "eval"
+    with pytest.warns(UserWarning, match="outside the model's training range"):
+        report = evaluate([tiny_case.topology.parent], model=str(model), engine="standalone", output=out,
+                          seed=3, progress=False, r_max=5.5, nbins=40)
+    case = report["cases"][tiny_case.case_id]
+    assert case["rollout"]["n_jumps"] == 10 and case["frames_learned"] == 11  # 1 ps / 0.1 ps
+    assert case["nonfinite_frames"] == 0 and case["com_drift_learned"] < 1e-4
+    ref = read_reference(tiny_case)
+    direct = propagate(model, ref.positions[0], ref.species, ref.boxes[0], tiny_case.temperature, n_jumps=10, seed=3,
+                       progress=False)
+    written = load_cases(out / "rollouts" / "standalone" / tiny_case.case_id)[0].read(unwrap="none")
+    assert np.abs(written.positions - direct.positions).max() < 1e-3  # float32 DCD of the same rollout
+    assert case["species"]["Li"]["msd_learned"] == pytest.approx(
+        SpeciesMSD(trajectory_universe(written).atoms, remove_com=True).run().results.msd["Li"][-1], rel=1e-9)
+
+
 def test_bad_inputs(tiny_case, tmp_path, capsys):
     from engine_plugins.cli import main
 
@@ -175,8 +198,8 @@ def test_bad_inputs(tiny_case, tmp_path, capsys):
         evaluate([case_dir], output=tmp_path / "x", progress=False)
 
 
-def _propagator_stub(tmp_path: Path) -> Path:
-    """A real propagator artifact (the closed-form test vector field) for role checks."""
+def _propagator_stub(tmp_path: Path, delta_tau: float = 0.1, temperature_range=(600.0, 1200.0)) -> Path:
+    """A real propagator artifact (the closed-form test vector field of the contract)."""
     import torch
 
     from engine_plugins.export.artifact import export_artifact
@@ -185,8 +208,8 @@ def _propagator_stub(tmp_path: Path) -> Path:
 
     meta = ArtifactMetadata(role="propagator", method="pair_relax", type_names=["Fw", "Li"], cutoff=4.0,
                             num_message_passing_layers=2, units={"length": "angstrom", "energy": "eV", "time": "ps"},
-                            role_fields={"delta_tau": 0.1, "temperature_range": [600.0, 1200.0], "flow_steps": 2,
+                            role_fields={"delta_tau": delta_tau, "temperature_range": list(temperature_range), "flow_steps": 2,
                                          "solver": "euler", "prior": {"kind": "maxwell_boltzmann",
                                                                       "scale": {"Fw": 1.0, "Li": 1.0},
                                                                       "mass": {"Fw": 100.0, "Li": 6.94}}})
-    return export_artifact(torch.jit.script(PairRelaxPropagator()), meta, tmp_path / "prop.pt")
+    return export_artifact(torch.jit.script(PairRelaxPropagator()), meta, tmp_path / f"prop_{delta_tau:g}.pt")

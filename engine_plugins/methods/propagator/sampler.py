@@ -91,6 +91,11 @@ class FlowSampler(torch.nn.Module):
         self.angstrom_to_model = float(angstrom_to_model)
         self.retries = 0
         self.last_retries = 0
+        # Why not always raise: libtorch crashes (segfault in InterpreterStateImpl::callstack) when a
+        # raise inside a nested scripted call unwinds through openmmtorch's C++ kernel, so an engine
+        # adapter sets this False, checks ``failure`` and raises from its own top-level forward.
+        self.raise_on_failure = True
+        self.failure = ""
 
     @torch.jit.export
     def sigma(self, types: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
@@ -120,6 +125,7 @@ class FlowSampler(torch.nn.Module):
         m = self.mass[types].to(self.model_dtype)[:, None]
         h = 1.0 / self.flow_steps
         reason = ""
+        self.failure = ""
         for attempt in range(self.max_attempts):
             z = counter_normal(seed, step, tags, attempt + self.attempt_offset)
             x = x_cond + (sigma * z).to(self.model_dtype)
@@ -150,11 +156,14 @@ class FlowSampler(torch.nn.Module):
                 return d
         self.retries += self.max_attempts
         self.last_retries = self.max_attempts
-        raise RuntimeError(
+        self.failure = (
             f"engine_plugins: learned {self.role} jump at step {step} (seed {seed}) failed all "
             f"{self.max_attempts} attempts; the last gave {reason}. The system is outside what the model "
             f"was trained on (structure, temperature, density) or has blown up. Fix: check the input "
             f"structure and temperature, or raise role_fields max_attempts/max_displacement when exporting")
+        if self.raise_on_failure:
+            raise RuntimeError(self.failure)
+        return torch.full_like(x_cond, float("nan"))
 
 
 class FlowJump(torch.nn.Module):

@@ -1,0 +1,270 @@
+"""Learned propagation inside OpenMM (TorchForce + CustomIntegrator) against the standalone sampler."""
+
+from __future__ import annotations
+
+import glob
+import io
+from pathlib import Path
+
+import numpy as np
+import openmm as mm
+import openmm.app as app
+import openmm.unit as unit
+import pytest
+import torch
+
+from engine_plugins.engines.openmm_propagate import (LearnedPropagationError, create_learned_integrator,
+                                                     create_system_for_model)
+from engine_plugins.export import export_artifact
+from engine_plugins.methods.lennard_jones import LennardJones, lennard_jones_metadata
+from engine_plugins.methods.propagator.analytic import PairRelaxPropagator
+from engine_plugins.methods.propagator.sampler import build_flow_jump
+
+from test_propagator_sampler import BOX, MASS, NAMES, NaNField, NaNOnFirstDraw, export_field, sigma_z, system
+
+REPO = Path(__file__).resolve().parent.parent
+DT = 2.0  # ps, delta_tau of the test artifacts
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("omm_prop")
+    return {"prop": export_field(d / "prop.pt", PairRelaxPropagator(strength=0.05, drift=0.5), flow_steps=3),
+            "heun": export_field(d / "heun.pt", PairRelaxPropagator(strength=0.05, drift=0.5), solver="heun",
+                                 flow_steps=2),
+            "corr": export_field(d / "corr.pt", PairRelaxPropagator(strength=0.02, drift=1.0), role="corrector",
+                                 flow_steps=2, scale={"Li": 0.3, "Ar": 0.2}),
+            "open_only": export_field(d / "open.pt", PairRelaxPropagator(), periodicity="nonperiodic"),
+            "nan": export_field(d / "nan.pt", NaNField()),
+            "lj": export_artifact(LennardJones([0.2, 0.3], [3.0, 3.4], 4.0), lennard_jones_metadata(NAMES, 4.0),
+                                  d / "lj.pt"),
+            "dir": d}
+
+
+def make_system(types, periodic: bool, box: float = BOX) -> mm.System:
+    s = mm.System()
+    for t in types:
+        s.addParticle(MASS[NAMES[t]])
+    if periodic:
+        s.setDefaultPeriodicBoxVectors(*(mm.Vec3(*row) for row in np.eye(3) * box * 0.1))
+    return s
+
+
+def make_topology(types, periodic: bool, cg: bool = False) -> app.Topology:
+    """Element symbols, or (cg) beads with no element whose residue name is the type."""
+    top = app.Topology()
+    chain = top.addChain()
+    for t in types:
+        name = NAMES[t]
+        res = top.addResidue(name if cg else "MOL", chain)
+        top.addAtom("B" if cg else name, None if cg else app.element.Element.getBySymbol(name), res)
+    if periodic:
+        top.setPeriodicBoxVectors(np.eye(3) * BOX * 0.1)
+    return top
+
+
+def openmm_run(model, types, pos, periodic, n, corrector=None, seed=3, start=0, temperature=600.0, **kw):
+    s = make_system(types, periodic)
+    setup = create_learned_integrator(s, [NAMES[t] for t in types], model, corrector, temperature=temperature,
+                                      seed=seed, start_jump=start, periodic=periodic, **kw)
+    ctx = mm.Context(s, setup.integrator, mm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(pos * 0.1)
+    frames = []
+    for _ in range(n):
+        setup.integrator.step(1)
+        frames.append(ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom))
+    return np.array(frames), ctx, setup
+
+
+def standalone(model, types, pos, periodic, n, corrector=None, seed=3, start=0, temperature=600.0, **kw):
+    jump = build_flow_jump(model, corrector, **kw)
+    x = torch.tensor(pos)
+    box = torch.eye(3, dtype=torch.float64) * BOX if periodic else None
+    temp = torch.full((len(pos),), temperature, dtype=torch.float64)
+    out = []
+    for k in range(n):
+        x = jump(x, torch.tensor(types), box, temp, seed, start + k)
+        out.append(x.numpy().copy())
+    return np.array(out)
+
+
+@pytest.mark.parametrize("periodic,corrector,model", [(True, False, "prop"), (False, False, "prop"),
+                                                      (True, True, "heun")])
+def test_openmm_steps_equal_the_standalone_sampler(models, periodic, corrector, model):
+    pos, types = system(seed=10)
+    corr = models["corr"] if corrector else None
+    got, ctx, setup = openmm_run(models[model], types, pos, periodic, 4, corr, start=7)
+    ref = standalone(models[model], types, pos, periodic, 4, corr, start=7)
+    assert np.abs(got - ref).max() <= 1e-10
+    assert np.abs(ref[-1] - pos).max() > 0.05  # atoms really moved
+    assert setup.jump_index(ctx) == 11 and setup.retries() == 0
+    # a different seed is a different trajectory
+    other = standalone(models[model], types, pos, periodic, 1, corr, seed=4, start=7)
+    assert np.abs(other[0] - ref[0]).max() > 1e-3
+
+
+def test_app_layer_reporters_time_velocities_and_centre_of_mass(models, tmp_path):
+    import MDAnalysis as mda
+
+    pos, types = system(seed=11)
+    top = make_topology(types, periodic=True)
+    s = create_system_for_model(top, models["prop"])
+    setup = create_learned_integrator(s, top, models["prop"], models["corr"], temperature=500.0, seed=5)
+    sim = app.Simulation(top, s, setup.integrator, mm.Platform.getPlatformByName("Reference"))
+    sim.context.setPositions(pos * 0.1)
+    log = io.StringIO()
+    sim.reporters.append(app.DCDReporter(str(tmp_path / "traj.dcd"), 1))
+    sim.reporters.append(app.StateDataReporter(log, 1, step=True, time=True, kineticEnergy=True,
+                                               potentialEnergy=True))
+    masses = np.array([MASS[NAMES[t]] for t in types])
+    com0 = masses @ pos / masses.sum()
+    n = 6
+    before = sim.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    sim.step(n - 1)
+    before = sim.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    sim.step(1)
+    state = sim.context.getState(getPositions=True, getVelocities=True)
+    x = state.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    # simulation time advances by delta_tau per step
+    assert abs(state.getTime().value_in_unit(unit.picosecond) - n * DT) < 1e-12
+    assert sim.currentStep == n
+    # velocities are the last jump's displacement / delta_tau (nm/ps)
+    v = state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)
+    assert np.abs(v - (x - before) * 0.1 / DT).max() < 1e-12
+    # no centre-of-mass drift (system masses = model masses)
+    assert np.abs(masses @ x / masses.sum() - com0).max() < 1e-11
+    assert np.abs(x - pos).max() > 0.05
+    # the trajectory is the standalone rollout, and MDAnalysis reads the DCD
+    ref = standalone(models["prop"], types, pos, True, n, models["corr"], seed=5, temperature=500.0)
+    assert np.abs(x - ref[-1]).max() <= 1e-10
+    with open(tmp_path / "top.pdb", "w") as fh:
+        app.PDBFile.writeFile(top, pos * 0.1 * unit.nanometer, fh)
+    u = mda.Universe(str(tmp_path / "top.pdb"), str(tmp_path / "traj.dcd"))
+    assert len(u.trajectory) == n
+    u.trajectory[n - 1]
+    assert np.abs(u.atoms.positions - x).max() < 1e-3  # DCD: float32
+    assert np.allclose(u.dimensions[:3], BOX, atol=1e-4)
+    rows = [r for r in log.getvalue().splitlines() if not r.startswith("#")]
+    assert len(rows) == n and abs(float(rows[-1].split(",")[1]) - n * DT) < 1e-9
+    ke = float(rows[-1].split(",")[3])
+    assert abs(ke - 0.5 * (masses[:, None] * v ** 2).sum()) < 1e-6 * max(ke, 1.0)
+
+
+def test_checkpoint_restores_the_noise_step(models):
+    pos, types = system(seed=12)
+    _, ctx, setup = openmm_run(models["prop"], types, pos, True, 2)
+    chk = ctx.createCheckpoint()
+    setup.integrator.step(3)
+    a = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    ctx.loadCheckpoint(chk)
+    assert setup.jump_index(ctx) == 2
+    setup.integrator.step(3)
+    b = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    assert np.array_equal(a, b)
+    assert abs(ctx.getState().getTime().value_in_unit(unit.picosecond) - 5 * DT) < 1e-12
+
+
+def test_redraws_are_counted_and_a_hopeless_jump_stops_the_run(models):
+    pos, types = system(seed=13)
+    bad = torch.tensor(pos) + torch.tensor(sigma_z(types, 600.0, 3, 0, 0))
+    once = export_field(models["dir"] / "nan_once.pt", NaNOnFirstDraw(bad))
+    got, ctx, setup = openmm_run(once, types, pos, True, 2)
+    assert setup.retries() == 1  # attempt 0 of jump 0 only
+    assert np.abs(got - standalone(once, types, pos, True, 2)).max() <= 1e-10
+    with pytest.raises(mm.OpenMMException, match="failed all 4 attempts"):
+        openmm_run(models["nan"], types, pos, True, 1)
+
+
+def test_cg_topology_by_residue_name(models):
+    pos, types = system(seed=14)
+    top = make_topology(types, periodic=False, cg=True)
+    s = create_system_for_model(top, models["prop"])
+    setup = create_learned_integrator(s, top, models["prop"], temperature=600.0, seed=3)
+    assert setup.types == [NAMES[t] for t in types] and not setup.periodic
+    ctx = mm.Context(s, setup.integrator, mm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(pos * 0.1)
+    setup.integrator.step(2)
+    x = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    assert np.abs(x - standalone(models["prop"], types, pos, False, 2)[-1]).max() <= 1e-10
+
+
+def test_bad_inputs(models):
+    pos, types = system(seed=15)
+    names = [NAMES[t] for t in types]
+    with pytest.raises(LearnedPropagationError, match="role is 'pseudo_force'.*'propagator'"):
+        create_learned_integrator(make_system(types, True), names, models["lj"], temperature=600.0)
+    with pytest.raises(LearnedPropagationError, match="role is 'propagator'.*'corrector'"):
+        create_learned_integrator(make_system(types, True), names, models["prop"], models["prop"], temperature=600.0)
+    with pytest.warns(UserWarning, match=r"outside the model's training range \[300, 900\] K"):
+        create_learned_integrator(make_system(types, True), names, models["prop"], temperature=1200.0)
+    with pytest.raises(LearnedPropagationError, match="type name.*Xe.*not known"):
+        create_learned_integrator(make_system(types, True), ["Xe"] + names[1:], models["prop"], temperature=600.0)
+    with pytest.raises(LearnedPropagationError, match="23 particle types for a system of 24"):
+        create_learned_integrator(make_system(types, True), names[:-1], models["prop"], temperature=600.0)
+    top = app.Topology()
+    res = top.addResidue("SOL", top.addChain())
+    for _ in types:
+        top.addAtom("O", app.element.oxygen, res)
+    with pytest.raises(LearnedPropagationError, match="atom 0 .*'O'.*has no model type"):
+        create_learned_integrator(make_system(types, False), top, models["prop"], temperature=600.0)
+    with pytest.raises(LearnedPropagationError, match="non-periodic systems but this system is periodic"):
+        create_learned_integrator(make_system(types, True), names, models["open_only"], temperature=600.0,
+                                  periodic=True)
+    with pytest.raises(LearnedPropagationError, match="less than twice the model cutoff"):
+        create_learned_integrator(make_system(types, True, box=7.0), names, models["prop"], temperature=600.0,
+                                  periodic=True)
+    s = make_system(types, True)
+    s.addConstraint(0, 1, 0.3)
+    with pytest.raises(LearnedPropagationError, match="1 constraints"):
+        create_learned_integrator(s, names, models["prop"], temperature=600.0, periodic=True)
+    s = make_system(types, True)
+    f = mm.CustomExternalForce("0")
+    f.setForceGroup(30)
+    s.addForce(f)
+    with pytest.raises(LearnedPropagationError, match="already in force group 30"):
+        create_learned_integrator(s, names, models["prop"], temperature=600.0, periodic=True)
+    s = make_system(types, True)
+    s.setParticleMass(0, 1.0)
+    with pytest.warns(UserWarning, match="mass"):
+        create_learned_integrator(s, names, models["prop"], temperature=600.0, periodic=True)
+
+
+TRAINED = sorted(glob.glob(str(REPO / "exported_models" / "propagator_*.pt")))
+
+
+@pytest.mark.parametrize("model", TRAINED, ids=[Path(p).stem for p in TRAINED])
+def test_shipped_propagator_runs_in_openmm_as_standalone(model):
+    """Each trained propagator in exported_models/: two OpenMM jumps equal the standalone sampler."""
+    from engine_plugins.export.artifact import read_metadata
+
+    meta = read_metadata(model)
+    n_types = len(meta.type_names)
+    lo, hi = meta.role_fields["temperature_range"][:2]
+    width = 2.2 * meta.cutoff * 10 if meta.units["length"] == "nm" else 2.2 * meta.cutoff
+    rng = np.random.default_rng(0)
+    g = 3
+    grid = np.array([[i, j, k] for i in range(g) for j in range(g) for k in range(g)], float)
+    box = max(width, 9.0)
+    pos = (grid + 0.5) * box / g + rng.normal(0, 0.1, grid.shape)
+    types = np.arange(len(pos)) % n_types
+    names = [meta.type_names[t] for t in types]
+    masses = meta.role_fields["prior"]["mass"]
+    s = mm.System()
+    for n in names:
+        s.addParticle(float(masses[n]))
+    periodic = meta.periodicity != "nonperiodic"
+    if periodic:
+        s.setDefaultPeriodicBoxVectors(*(mm.Vec3(*row) for row in np.eye(3) * box * 0.1))
+    temperature = 0.5 * (float(lo) + float(hi))
+    setup = create_learned_integrator(s, names, model, temperature=temperature, seed=1, periodic=periodic)
+    ctx = mm.Context(s, setup.integrator, mm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(pos * 0.1)
+    setup.integrator.step(2)
+    x = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    jump = build_flow_jump(model)
+    xs = torch.tensor(pos)
+    b = torch.eye(3, dtype=torch.float64) * box if periodic else None
+    for k in range(2):
+        xs = jump(xs, torch.tensor(types), b, torch.full((len(pos),), temperature, dtype=torch.float64), 1, k)
+    assert np.isfinite(x).all()
+    assert np.abs(x - xs.detach().numpy()).max() <= 1e-8

@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow-steps", type=int, help="override the model's number of flow steps")
     p.add_argument("--ranks", type=int, default=1, help="MPI ranks (lammps engine)")
     p.add_argument("--platform", default=None, help="OpenMM platform (openmm engine)")
+    p.add_argument("--append-card", help="append a section with the measured figures to this model card (.md)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 

@@ -372,6 +372,39 @@ def markdown_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def card_section(report: dict[str, Any], title: str | None = None) -> str:
+    """A model-card section with the measured figures of one evaluation and the command."""
+    agg = report["aggregate"]
+    cases = report["cases"]
+    lines = [f"## {title or 'Evaluation on held-out cases (' + report['label'] + ')'}", "",
+             f"Measured with `{report['command'] or 'engine_plugins.analysis.evaluate.evaluate(...)'}` "
+             f"({len(cases)} case(s): {', '.join(cases)}; seed {report.get('seed')}; Δτ = {_fmt(report.get('delta_tau'))} ps; "
+             f"{agg['jumps']} jumps in total).", "",
+             "| case | species | MSD(t_ref) reference (Å²) | MSD(t_ref) learned (Å²) | rel. error | D ref (Å²/ps) | "
+             "D learned (Å²/ps) | RDF JSD |", "|---|---|---|---|---|---|---|---|"]
+    for cid, r in cases.items():
+        for s, e in r["species"].items():
+            if e["mobile"]:
+                lines.append(f"| {cid} | {s} | {_fmt(e['msd_ref'])} | {_fmt(e['msd_learned'])} | "
+                             f"{_fmt(e['relative_error'], '.1%')} | {_fmt(e['D_ref'])} | {_fmt(e['D_learned'])} | "
+                             f"{_fmt(r.get('rdf', {}).get('jsd_mean'))} |")
+    lines.append("")
+    for s, a in agg["per_species"].items():
+        lines.append(f"- {s}: Spearman rank correlation of log MSD = {_fmt(a['spearman_log_msd'])} (target ≥ 0.8); "
+                     f"median relative MSD error = {_fmt(a['median_relative_msd_error'], '.1%')} (target ≤ 25 %)")
+    lines.append(f"- RDF Jensen-Shannon divergence (g r² normalised over bins up to r_max = "
+                 f"{report['settings']['r_max']} Å, natural log): mean {_fmt(agg['rdf_jsd_mean'])}, worst pair "
+                 f"{_fmt(agg['rdf_jsd_max'])} (target ≤ 0.02)")
+    lines.append(f"- centre-of-mass drift ≤ {_fmt(agg['com_drift_max'])} Å; non-finite frames {agg['nonfinite_frames']}; "
+                 f"lost atoms {agg['lost_atoms']}")
+    if agg.get("noise_floor"):
+        nf = agg["noise_floor"]
+        lines.append(f"- noise floor (reference first vs second half): RDF JSD {_fmt(nf['rdf_jsd_mean'])}; median "
+                     "relative MSD difference " + ", ".join(f"{s} {_fmt(v, '.1%')}"
+                                                           for s, v in nf["median_relative_msd_difference"].items()))
+    return "\n".join(lines) + "\n"
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -506,6 +539,14 @@ def main(args: argparse.Namespace) -> int:
     except (EvaluationError, RolloutError, ObservableError) as exc:
         print(f"engine-plugins evaluate: error: {exc}", file=sys.stderr)
         return 2
+    if args.append_card:
+        card = Path(args.append_card)
+        if not card.is_file():
+            print(f"engine-plugins evaluate: error: model card {card} does not exist", file=sys.stderr)
+            return 2
+        with open(card, "a") as f:
+            f.write("\n" + card_section(report))
+        print(f"appended the figures to {card}")
     agg = report["aggregate"]
     for s, a in agg["per_species"].items():
         print(f"{s}: Spearman log MSD {_fmt(a['spearman_log_msd'])}, median relative MSD error "

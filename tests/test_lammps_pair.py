@@ -344,8 +344,10 @@ def test_wrong_format_marker(tmp_path, lj_any):
 def test_wrong_role(tmp_path, lj_any):
     path = _resave(lj_any, tmp_path / "prop.pt", role="propagator")
     msg = lammps_error(_box_lines("metal") + [f"pair_style ep/torch {path}"])
-    assert "has role 'propagator'" in msg
-    assert "no LAMMPS style of engine_plugins runs role 'propagator' yet" in msg
+    assert "has role 'propagator', which LAMMPS runs with 'fix ep/propagate'" in msg
+    path = _resave(lj_any, tmp_path / "cg.pt", role="backmapper")
+    msg = lammps_error(_box_lines("metal") + [f"pair_style ep/torch {path}"])
+    assert "no LAMMPS style of engine_plugins runs role 'backmapper' yet" in msg
 
 
 def test_unknown_type_name(lj_any):
@@ -477,9 +479,10 @@ OUT["pe"] = lmp.get_thermo("pe")
 def _old_lammps_plugin(tmp_path: Path) -> Path | None:
     """Our plugin, relinked as if built for LAMMPS 19990101 (epplugin.cpp recompiled, ~2 s)."""
     stamp = json.loads((BUILD_DIR / STAMP_NAME).read_text())["config"]
-    obj = BUILD_DIR / "CMakeFiles" / "epplugin.dir" / "src" / "pair_ep_torch.cpp.o"
+    objs = [o for o in sorted((BUILD_DIR / "CMakeFiles" / "epplugin.dir" / "src").glob("*.cpp.o"))
+            if o.name != "epplugin.cpp.o"]  # the styles, without the registration
     cxx = shutil.which("c++") or shutil.which("g++")
-    if cxx is None or not obj.is_file():
+    if cxx is None or not objs:
         return None
     torch_lib = Path(stamp["torch_dir"]) / "lib"
     old = tmp_path / "oldplugin.so"
@@ -487,7 +490,7 @@ def _old_lammps_plugin(tmp_path: Path) -> Path | None:
            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
            '-DEP_LAMMPS_VERSION="1 Jan 1999"', "-DEP_LAMMPS_VERSION_NUMBER=19990101",
            f"-I{stamp['lammps_include_dir']}", f"-I{stamp['mpi_include_dir']}",
-           str(Path(__file__).resolve().parents[1] / "lammps" / "src" / "epplugin.cpp"), str(obj),
+           str(Path(__file__).resolve().parents[1] / "lammps" / "src" / "epplugin.cpp"), *map(str, objs),
            f"-L{torch_lib}", "-Wl,--no-as-needed", "-ltorch", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{torch_lib}",
            "-o", str(old)]
     subprocess.run(cmd, check=True, capture_output=True)

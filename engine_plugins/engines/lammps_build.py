@@ -120,6 +120,18 @@ def is_up_to_date() -> bool:
     return recorded == _fingerprint(_config())
 
 
+def _install_atomically(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` through a temporary name and a rename: processes that have the old
+    plugin mapped keep their (unlinked) copy instead of seeing a file rewritten under them."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def build_plugin(force: bool = False, verbose: bool = False, jobs: int | None = None) -> Path:
     """Build ``epplugin.so`` if needed (or always with ``force``) and return its path."""
     if not (SOURCE_DIR / "CMakeLists.txt").is_file():
@@ -156,7 +168,7 @@ def build_plugin(force: bool = False, verbose: bool = False, jobs: int | None = 
         f"-DTORCH_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
         f"-DEP_LAMMPS_VERSION={config['lammps_version']}",
         f"-DEP_LAMMPS_VERSION_NUMBER={config['lammps_version_number']}",
-        f"-DEP_OUTPUT_DIR={config['output_dir']}",
+        f"-DEP_OUTPUT_DIR={BUILD_DIR / 'out'}",  # installed below by an atomic rename
         f"-DEP_TORCH_RPATHS={';'.join(config['rpaths'])}",  # type: ignore[arg-type]
     ]
     jobs = jobs or max(1, os.cpu_count() or 1)
@@ -173,8 +185,10 @@ def build_plugin(force: bool = False, verbose: bool = False, jobs: int | None = 
             tail = "" if verbose else "\n" + "\n".join(proc.stdout.splitlines()[-40:])
             raise PluginBuildError(f"building the LAMMPS plugin failed: {' '.join(cmd[:3])} ... "
                                    f"exited with {proc.returncode}{tail}")
-    if not plugin_path().is_file():
-        raise PluginBuildError(f"the build finished but {plugin_path()} is missing")
+    built = BUILD_DIR / "out" / PLUGIN_FILENAME
+    if not built.is_file():
+        raise PluginBuildError(f"the build finished but {built} is missing")
+    _install_atomically(built, plugin_path())
     stamp.write_text(json.dumps({"fingerprint": fingerprint, "config": config}, indent=2))
     return plugin_path()
 

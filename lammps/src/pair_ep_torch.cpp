@@ -81,8 +81,8 @@ const std::map<std::string, std::pair<std::string, std::string>> LAMMPS_UNITS = 
 // which LAMMPS style of engine_plugins runs each artifact role
 const std::map<std::string, std::string> ROLE_STYLE = {
     {"pseudo_force", "pair_style ep/torch"},
-    {"propagator", ""},
-    {"corrector", ""},
+    {"propagator", "fix ep/propagate"},
+    {"corrector", "the corrector keyword of fix ep/propagate"},
     {"backmapper", ""},
     {"cg_generator", ""},
 };

@@ -1,0 +1,93 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   engine_plugins: LAMMPS fix for learned large-timestep propagation.
+
+   fix ID group ep/propagate MODEL.pt types NAME1 ... NAMEntypes temp T seed S
+       [corrector MODEL2.pt] [steps K] [solver euler|heun] [max_attempts N]
+       [max_disp D] [device cpu|cuda|auto] [threads N]
+
+   Each timestep is one learned jump of delta_tau (the model's, which must
+   equal the LAMMPS timestep): the fix integrates the flow ODE of a
+   'propagator' artifact (and then of a 'corrector' artifact) from
+   Maxwell-Boltzmann prior noise drawn per atom tag, exchanging the ghost
+   atoms' flow state between function evaluations, so 1 and N MPI ranks give
+   the same trajectory. Contract: engine_plugins/methods/propagator/__init__.py.
+------------------------------------------------------------------------- */
+
+#ifdef FIX_CLASS
+// clang-format off
+FixStyle(ep/propagate,FixEPPropagate);
+// clang-format on
+#else
+
+#ifndef LMP_FIX_EP_PROPAGATE_H
+#define LMP_FIX_EP_PROPAGATE_H
+
+#include "fix.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace LAMMPS_NS {
+
+class FixEPPropagate : public Fix {
+ public:
+  FixEPPropagate(class LAMMPS *, int, char **);
+  ~FixEPPropagate() override;
+
+  int setmask() override;
+  void init() override;
+  void init_list(int, class NeighList *) override;
+  void initial_integrate(int) override;
+
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+
+  double compute_scalar() override;
+  double compute_vector(int) override;
+  double memory_usage() override;
+
+  struct Model;    // one artifact with its metadata and libtorch module (kept out of this header)
+
+ protected:
+  std::unique_ptr<Model> propagator, corrector;
+  class NeighList *list;
+
+  double temperature;        // K
+  uint64_t seed;
+  int steps_override;        // flow steps from the input (0: from the metadata)
+  std::string solver_override;
+  int max_attempts;
+  double max_disp;           // LAMMPS length units, <= 0: from the metadata
+  std::string device_request;
+  int device_index;    // CUDA device of this rank, -1: CPU
+  int num_threads;
+  std::vector<std::string> type_args;    // model type name of each LAMMPS type (1..ntypes)
+
+  // flow state, per atom (local + ghost), model length units; comm_array is what
+  // pack/unpack_forward_comm exchange
+  double **disp, **disp_trial;
+  double **comm_array;
+  int nmax_disp;
+
+  // graph of the current jump (see build_graph)
+  std::vector<int> hop, node_of, atom_of, frontier, next_frontier;
+  std::vector<int64_t> edge_src, edge_dst;
+
+  // diagnostics (compute_vector)
+  double total_redraws, last_redraws, last_max_disp, num_jumps, total_corrector_redraws;
+
+  std::unique_ptr<Model> load_model(const std::string &path, const std::string &role);
+  void build_graph(const Model &);
+  int flow(Model &, uint64_t attempt_offset, double &max_norm);
+  void apply_displacement(double dt, bool set_velocity);
+  void check_migration(double max_norm_lammps);
+  void reneighbor();
+  void grow_disp();
+};
+
+}    // namespace LAMMPS_NS
+
+#endif
+#endif

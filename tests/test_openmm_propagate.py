@@ -63,11 +63,12 @@ def make_topology(types, periodic: bool, cg: bool = False) -> app.Topology:
     return top
 
 
-def openmm_run(model, types, pos, periodic, n, corrector=None, seed=3, start=0, temperature=600.0, **kw):
+def openmm_run(model, types, pos, periodic, n, corrector=None, seed=3, start=0, temperature=600.0,
+               platform="Reference", **kw):
     s = make_system(types, periodic)
     setup = create_learned_integrator(s, [NAMES[t] for t in types], model, corrector, temperature=temperature,
                                       seed=seed, start_jump=start, periodic=periodic, **kw)
-    ctx = mm.Context(s, setup.integrator, mm.Platform.getPlatformByName("Reference"))
+    ctx = mm.Context(s, setup.integrator, mm.Platform.getPlatformByName(platform))
     ctx.setPositions(pos * 0.1)
     frames = []
     for _ in range(n):
@@ -88,12 +89,13 @@ def standalone(model, types, pos, periodic, n, corrector=None, seed=3, start=0, 
     return np.array(out)
 
 
-@pytest.mark.parametrize("periodic,corrector,model", [(True, False, "prop"), (False, False, "prop"),
-                                                      (True, True, "heun")])
-def test_openmm_steps_equal_the_standalone_sampler(models, periodic, corrector, model):
+@pytest.mark.parametrize("periodic,corrector,model,platform", [
+    (True, False, "prop", "Reference"), (False, False, "prop", "Reference"), (True, True, "heun", "Reference"),
+    (True, True, "prop", "CPU")])
+def test_openmm_steps_equal_the_standalone_sampler(models, periodic, corrector, model, platform):
     pos, types = system(seed=10)
     corr = models["corr"] if corrector else None
-    got, ctx, setup = openmm_run(models[model], types, pos, periodic, 4, corr, start=7)
+    got, ctx, setup = openmm_run(models[model], types, pos, periodic, 4, corr, start=7, platform=platform)
     ref = standalone(models[model], types, pos, periodic, 4, corr, start=7)
     assert np.abs(got - ref).max() <= 1e-10
     assert np.abs(ref[-1] - pos).max() > 0.05  # atoms really moved

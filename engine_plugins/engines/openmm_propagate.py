@@ -85,6 +85,7 @@ class _FlowForceBase(torch.nn.Module):
         self.cache_temperature = -1.0
         self.cache_energy = torch.zeros((), dtype=torch.float64)
         self.cache_forces = torch.empty(0, 3, dtype=torch.float64)
+        self.evaluations = 0  # sampler calls (cache misses)
 
     def _hit(self, positions: torch.Tensor, box: torch.Tensor, step: int, temperature: float) -> bool:
         if step != self.cache_step or temperature != self.cache_temperature:
@@ -119,6 +120,7 @@ class _FlowForceBase(torch.nn.Module):
         temps = torch.full([n], temp, dtype=self.model_dtype, device=positions.device)
         types = self.types.to(positions.device)
         d = self.sampler(pos, types, box, temps, self.seed, step)
+        self.evaluations += 1
         forces = (d * self.model_to_force).to(positions.dtype)
         value = 0.0
         if self.report_retries:

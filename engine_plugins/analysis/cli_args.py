@@ -11,7 +11,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("cases", nargs="+", help="reference case directories (case.json) or their parent/manifest")
     p.add_argument("--model", help="propagator artifact (role 'propagator')")
     p.add_argument("--corrector", help="corrector artifact applied after each jump (role 'corrector')")
-    p.add_argument("--engine", choices=["standalone", "openmm", "lammps"], default="standalone")
+    p.add_argument("--engine", nargs="+", choices=["standalone", "openmm", "lammps"], default=["standalone"],
+                   help="one or more engines; with several, each writes OUTPUT/<engine>/ and engines.md compares them")
     p.add_argument("--output", default="out/evaluate")
     p.add_argument("--jumps", type=int, help="jumps per case (default: cover the reference duration)")
     p.add_argument("--duration-factor", type=float, default=1.0,

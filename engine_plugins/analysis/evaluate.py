@@ -523,19 +523,62 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
     return report
 
 
+def compare_engines(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Pairwise agreement of the rollouts of different engines (same model, cases and seed): per
+    case the relative MSD(t_ref) difference of each species and the RDF JSD between the engines'
+    RDFs; medians/means over cases. Compare with the reference noise floor (two halves of one MD run):
+    differences of that size are what independent samples of the same dynamics give."""
+    names = list(reports)
+    out: dict[str, Any] = {}
+    for a_i, a in enumerate(names):
+        for b in names[a_i + 1:]:
+            ra, rb = reports[a]["cases"], reports[b]["cases"]
+            common = [c for c in ra if c in rb]
+            rows: dict[str, Any] = {}
+            for cid in common:
+                ca, cb = ra[cid], rb[cid]
+                row = {"relative_msd_difference": {
+                    sp: abs(ca["species"][sp]["msd_learned"] - cb["species"][sp]["msd_learned"]) /
+                    abs(cb["species"][sp]["msd_learned"]) if cb["species"][sp]["msd_learned"] else float("nan")
+                    for sp in ca["species"]}}
+                if "rdf" in ca and "rdf" in cb:
+                    r = np.asarray(ca["rdf"]["r"])
+                    vals = []
+                    for pair, pa in ca["rdf"]["pairs"].items():
+                        try:
+                            vals.append(rdf_jsd(r, np.asarray(pa["g_learned"]),
+                                                np.asarray(cb["rdf"]["pairs"][pair]["g_learned"])))
+                        except ObservableError:
+                            vals.append(float("nan"))
+                    row["rdf_jsd_mean"] = float(np.nanmean(vals))
+                rows[cid] = row
+            species = sorted({sp for r in rows.values() for sp in r["relative_msd_difference"]})
+            out[f"{a} vs {b}"] = {
+                "cases": rows,
+                "median_relative_msd_difference": {sp: float(np.nanmedian(
+                    [r["relative_msd_difference"][sp] for r in rows.values()])) for sp in species},
+                "rdf_jsd_mean": float(np.nanmean([r.get("rdf_jsd_mean", np.nan) for r in rows.values()]))
+                if rows else float("nan")}
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     from engine_plugins.analysis.rollout import RolloutError
 
     opts = {k: v for k, v in {"flow_steps": args.flow_steps, "ranks": args.ranks if args.ranks != 1 else None,
                               "platform": args.platform}.items() if v is not None}
     t0 = time.perf_counter()
+    engines = list(dict.fromkeys(args.engine))
+    command = "engine-plugins evaluate " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["evaluate"] else ""
+    reports: dict[str, dict[str, Any]] = {}
     try:
-        report = evaluate(args.cases, model=args.model, corrector=args.corrector, engine=args.engine,
-                          output=args.output, jumps=args.jumps, duration_factor=args.duration_factor, seed=args.seed,
-                          rollouts=args.rollouts, r_max=args.r_max, nbins=args.nbins, fit_range=tuple(args.fit_range),
-                          lag_fraction=args.lag_fraction, progress=args.progress,
-                          command="engine-plugins evaluate " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["evaluate"]
-                          else "", engine_options=opts)
+        for engine in engines if args.rollouts is None else engines[:1]:
+            out = Path(args.output) / engine if len(engines) > 1 and args.rollouts is None else Path(args.output)
+            reports[engine] = evaluate(
+                args.cases, model=args.model, corrector=args.corrector, engine=engine, output=out, jumps=args.jumps,
+                duration_factor=args.duration_factor, seed=args.seed, rollouts=args.rollouts, r_max=args.r_max,
+                nbins=args.nbins, fit_range=tuple(args.fit_range), lag_fraction=args.lag_fraction,
+                progress=args.progress, command=command, engine_options=opts)
     except (EvaluationError, RolloutError, ObservableError) as exc:
         print(f"engine-plugins evaluate: error: {exc}", file=sys.stderr)
         return 2
@@ -545,13 +588,33 @@ def main(args: argparse.Namespace) -> int:
             print(f"engine-plugins evaluate: error: model card {card} does not exist", file=sys.stderr)
             return 2
         with open(card, "a") as f:
-            f.write("\n" + card_section(report))
+            for report in reports.values():
+                f.write("\n" + card_section(report))
         print(f"appended the figures to {card}")
-    agg = report["aggregate"]
-    for s, a in agg["per_species"].items():
-        print(f"{s}: Spearman log MSD {_fmt(a['spearman_log_msd'])}, median relative MSD error "
-              f"{_fmt(a['median_relative_msd_error'], '.1%')} over {a['cases']} case(s)")
-    print(f"RDF JSD mean {_fmt(agg['rdf_jsd_mean'])} (max {_fmt(agg['rdf_jsd_max'])}); COM drift max "
-          f"{_fmt(agg['com_drift_max'])} Å; non-finite frames {agg['nonfinite_frames']}; lost atoms {agg['lost_atoms']}")
-    print(f"wrote {args.output}/evaluation.json, summary.md and PNGs ({time.perf_counter() - t0:.1f} s)")
+    for engine, report in reports.items():
+        agg = report["aggregate"]
+        print(f"[{report['engine']}]")
+        for sp, a in agg["per_species"].items():
+            print(f"  {sp}: Spearman log MSD {_fmt(a['spearman_log_msd'])}, median relative MSD error "
+                  f"{_fmt(a['median_relative_msd_error'], '.1%')} over {a['cases']} case(s)")
+        print(f"  RDF JSD mean {_fmt(agg['rdf_jsd_mean'])} (max {_fmt(agg['rdf_jsd_max'])}); COM drift max "
+              f"{_fmt(agg['com_drift_max'])} Å; non-finite frames {agg['nonfinite_frames']}; lost atoms "
+              f"{agg['lost_atoms']}; {agg['jumps']} jumps")
+    if len(reports) > 1:
+        agreement = compare_engines(reports)
+        (Path(args.output) / "engines.json").write_text(json.dumps(_jsonable(agreement), indent=1))
+        lines = ["# Engine agreement (same model, cases and seed)", "", f"Command: `{command}`", ""]
+        for pair, a in agreement.items():
+            lines.append(f"- {pair}: median relative MSD(t_ref) difference " + ", ".join(
+                f"{sp} {_fmt(v, '.1%')}" for sp, v in a["median_relative_msd_difference"].items()) +
+                f"; RDF JSD between the engines' RDFs {_fmt(a['rdf_jsd_mean'])}")
+            print(lines[-1][2:])
+        nf = next(iter(reports.values()))["aggregate"].get("noise_floor")
+        if nf:
+            lines.append(f"- noise floor (reference first vs second half): RDF JSD {_fmt(nf['rdf_jsd_mean'])}; "
+                         "median relative MSD difference " + ", ".join(
+                             f"{sp} {_fmt(v, '.1%')}" for sp, v in nf["median_relative_msd_difference"].items()))
+        (Path(args.output) / "engines.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.output} (evaluation.json, summary.md, PNGs{', engines.json/md' if len(reports) > 1 else ''}; "
+          f"{time.perf_counter() - t0:.1f} s)")
     return 0

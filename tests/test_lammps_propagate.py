@@ -276,6 +276,33 @@ def test_timestep_must_equal_delta_tau(models):
         assert lmp.extract_fix("jump", 0, 1, 3) == 1.0   # f_jump[4]: one jump done
 
 
+def test_timestep_set_takes_delta_tau(models):
+    with lb.make_lammps() as lmp:
+        lb.commands(lmp, lammps_lines("timestep 0.001", fix_line(models["zero"], f"types Li Ar temp {TEMP} seed 1 "
+                                                                             "timestep set"), "run 2"))
+        assert lmp.extract_global("dt") == DELTA_TAU
+        assert lmp.get_thermo("time") == pytest.approx(2 * DELTA_TAU)
+
+
+def test_example_input_runs(tmp_path):
+    """lammps/examples/in.propagate_transport with a closed-form model of its species (Fw, Li)."""
+    meta = ArtifactMetadata(role="propagator", method="pair_relax_test", type_names=["Fw", "Li"], cutoff=CUTOFF,
+                            num_message_passing_layers=2, units={"length": "angstrom", "energy": "eV", "time": "ps"},
+                            periodicity="periodic",
+                            role_fields={"delta_tau": 2.0, "temperature_range": [600.0, 1200.0], "flow_steps": 2,
+                                         "solver": "euler", "max_displacement": 5.0,
+                                         "prior": {"kind": "maxwell_boltzmann", "scale": {"Fw": 1.0, "Li": 3.0},
+                                                   "mass": {"Fw": 100.0, "Li": 6.94}}})
+    model = export_artifact(PairRelaxPropagator(CUTOFF, 0.0, 0.5), meta, tmp_path / "transport_test.pt")
+    out = lb.run_lammps_script(REPO / "lammps" / "examples" / "in.propagate_transport", workdir=tmp_path,
+                               extra_args=["-var", "model", str(model), "-var", "njumps", "20", "-screen", "none"])
+    assert "ep/propagate: timestep set to 2 ps" in out.log
+    assert "320 atoms" in out.log and "WARNING" not in out.log
+    last = [ln.split() for ln in out.log.splitlines() if ln.strip().startswith("20 ")][-1]
+    assert float(last[1]) == 40.0 and float(last[5]) > 0.0   # time 20 x 2 ps, Li MSD > 0
+    assert (tmp_path / "propagate_transport.lammpstrj").is_file()
+
+
 def test_pair_style_with_model_cutoff_is_required(models):
     msg = lammps_error(lammps_lines(f"timestep {DELTA_TAU}", fix_line(models["zero"]), "run 1", pair=False))
     assert "needs a pair style with a cutoff >= the model cutoff 4" in msg and "pair_style zero 4" in msg

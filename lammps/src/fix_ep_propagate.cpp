@@ -95,7 +95,7 @@ const std::map<std::string, std::pair<std::string, std::string>> LAMMPS_UNITS = 
 // keywords of the fix (they end the list of type names)
 const std::set<std::string> KEYWORDS = {"types",        "temp",     "seed",   "corrector",
                                         "steps",        "solver",   "max_attempts",
-                                        "max_disp",     "device",   "threads"};
+                                        "max_disp",     "timestep", "device",   "threads"};
 
 // which LAMMPS style of engine_plugins runs each artifact role
 const std::map<std::string, std::string> ROLE_STYLE = {
@@ -169,14 +169,15 @@ struct FixEPPropagate::Model {
 
 FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
     Fix(lmp, narg, arg), list(nullptr), temperature(-1.0), seed(0), steps_override(0),
-    max_attempts(0), max_disp(-1.0), device_request("auto"), device_index(-1), num_threads(1), disp(nullptr),
-    disp_trial(nullptr), comm_array(nullptr), nmax_disp(0), total_redraws(0.0),
-    last_redraws(0.0), last_max_disp(0.0), num_jumps(0.0), total_corrector_redraws(0.0)
+    max_attempts(0), max_disp(-1.0), set_timestep(false), device_request("auto"),
+    device_index(-1), num_threads(1), disp(nullptr), disp_trial(nullptr), comm_array(nullptr),
+    nmax_disp(0), total_redraws(0.0), last_redraws(0.0), last_max_disp(0.0), num_jumps(0.0),
+    total_corrector_redraws(0.0)
 {
   const std::string usage =
       "expected 'fix ID group ep/propagate MODEL.pt types NAME1 ... NAMEntypes temp T seed S "
       "[corrector MODEL2.pt] [steps K] [solver euler|heun] [max_attempts N] [max_disp D] "
-      "[device cpu|cuda|auto] [threads N]'";
+      "[timestep check|set] [device cpu|cuda|auto] [threads N]'";
   if (narg < 4) error->all(FLERR, "Illegal fix ep/propagate command: {}", usage);
 
   time_integrate = 1;
@@ -259,6 +260,16 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
         error->all(FLERR, "Illegal fix ep/propagate max_disp {}: use a length > 0 (LAMMPS units)",
                    arg[iarg + 1]);
       iarg += 2;
+    } else if (keyword == "timestep") {
+      if (iarg + 2 > narg) utils::missing_cmd_args(FLERR, "fix ep/propagate timestep", error);
+      const std::string mode = arg[iarg + 1];
+      if (mode != "check" && mode != "set")
+        error->all(FLERR,
+                   "Illegal fix ep/propagate timestep '{}': use 'timestep check' (stop when the "
+                   "LAMMPS timestep differs from the model's delta_tau) or 'timestep set' (set it)",
+                   mode);
+      set_timestep = mode == "set";
+      iarg += 2;
     } else if (keyword == "device") {
       if (iarg + 2 > narg) utils::missing_cmd_args(FLERR, "fix ep/propagate device", error);
       device_request = arg[iarg + 1];
@@ -277,7 +288,7 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
     } else {
       error->all(FLERR,
                  "Unknown fix ep/propagate keyword '{}': the keywords are types, temp, seed, "
-                 "corrector, steps, solver, max_attempts, max_disp, device, threads ({})",
+                 "corrector, steps, solver, max_attempts, max_disp, timestep, device, threads ({})",
                  keyword, usage);
     }
   }
@@ -671,11 +682,22 @@ void FixEPPropagate::init()
   const Model &p = *propagator;
   const double dtau =
       p.delta_tau * TIME_TO_PS.at(p.time_unit) / TIME_TO_PS.at(lammps_units.second);
+  if (set_timestep && std::fabs(update->dt - dtau) > 1.0e-9 * dtau) {
+    // as fix dt/reset does: keep the elapsed time, then change dt for everyone
+    update->update_time();
+    update->dt = dtau;
+    update->dt_default = 0;
+    if (force->pair) force->pair->reset_dt();
+    for (auto &ifix : modify->get_fix_list()) ifix->reset_dt();
+    if (comm->me == 0)
+      utils::logmesg(lmp, "ep/propagate: timestep set to {:.15g} {} (delta_tau of model {})\n",
+                     dtau, lammps_units.second, p.path);
+  }
   if (std::fabs(update->dt - dtau) > 1.0e-9 * dtau)
     error->all(FLERR,
                "fix ep/propagate: timestep is {} {}, but model '{}' jumps delta_tau = {} {} = "
                "{:.15g} {} per step (each LAMMPS step is one learned jump). Fix: 'timestep "
-               "{:.15g}' after 'units {}'",
+               "{:.15g}' after 'units {}', or the fix keyword 'timestep set'",
                update->dt, lammps_units.second, p.path, p.delta_tau, p.time_unit, dtau,
                lammps_units.second, dtau, update->unit_style);
 

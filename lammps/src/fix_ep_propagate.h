@@ -3,7 +3,7 @@
 
    fix ID group ep/propagate MODEL.pt types NAME1 ... NAMEntypes temp T seed S
        [corrector MODEL2.pt] [steps K] [solver euler|heun] [max_attempts N]
-       [max_disp D] [device cpu|cuda|auto] [threads N]
+       [max_disp D] [timestep check|set] [device cpu|cuda|auto] [threads N]
 
    Each timestep is one learned jump of delta_tau (the model's, which must
    equal the LAMMPS timestep): the fix integrates the flow ODE of a
@@ -60,6 +60,7 @@ class FixEPPropagate : public Fix {
   std::string solver_override;
   int max_attempts;
   double max_disp;           // LAMMPS length units, <= 0: from the metadata
+  bool set_timestep;         // 'timestep set': dt := delta_tau instead of an error
   std::string device_request;
   int device_index;    // CUDA device of this rank, -1: CPU
   int num_threads;

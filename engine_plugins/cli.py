@@ -88,6 +88,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return bench_generate(model=args.model, data=args.data, molecules=args.molecules, nfe=args.nfe,
                               sampler=args.sampler, sigma_start=args.sigma_start, rounds=args.rounds,
                               output=args.output)
+    if args.what == "generate":
+        from engine_plugins.bench.generate import main as bench_generate
+
+        return bench_generate(model=args.model, data=args.data, molecules=args.molecules, nfe=args.nfe,
+                              sampler=args.sampler, sigma_start=args.sigma_start, rounds=args.rounds,
+                              output=args.output)
     raise SystemExit(f"unknown benchmark '{args.what}'")
 
 
@@ -105,6 +111,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from engine_plugins.analysis.evaluate import main as evaluate_main
+
+    return evaluate_main(args)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from engine_plugins.methods.gpff.commands import generate_main
+
+    return generate_main(args)
+
+
+def _cmd_evaluate_gpff(args: argparse.Namespace) -> int:
+    from engine_plugins.methods.gpff.commands import evaluate_main
 
     return evaluate_main(args)
 
@@ -147,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
-    s.add_argument("what", choices=["engines", "propagate"])
+    s.add_argument("what", choices=["engines", "propagate", "generate"])
     s.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4000])
     s.add_argument("--repeats", type=int, default=5, help="evaluations per path per round")
     s.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is reported)")
@@ -157,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine_plugins.analysis.cli_args import add_bench_propagate_arguments
 
     add_bench_propagate_arguments(s)
+    from engine_plugins.methods.gpff.cli_args import add_bench_generate_arguments
+
+    add_bench_generate_arguments(s)
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("demo", help="reference MD of a built-in system in LAMMPS and OpenMM with a shipped model")
@@ -204,6 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     _evaluate_arguments(s)
     s.set_defaults(func=_cmd_evaluate)
+
+    from engine_plugins.methods.gpff import cli_args as gpff_args
+
+    s = sub.add_parser("generate", help="GPFF: molecules from noise or a partial structure (standalone, OpenMM, "
+                                        "LAMMPS), written as xyz/extxyz/sdf with validity per check")
+    gpff_args.add_generate_arguments(s)
+    s.set_defaults(func=_cmd_generate)
+    s = sub.add_parser("evaluate-gpff", help="GPFF validity vs function evaluations per sampler/engine on "
+                                             "held-out molecules (PNG + JSON + markdown)")
+    gpff_args.add_evaluate_arguments(s)
+    s.set_defaults(func=_cmd_evaluate_gpff)
 
     s = sub.add_parser("data", help="build the built-in structure sets: molecules (QM9-like) or crystals (prototypes)")
     s.add_argument("family", choices=["molecules", "crystals"])

@@ -618,7 +618,8 @@ def _train(cfg: GPFFTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
             "train_config": cfg.to_dict(), "ema_decay": opts.ema_decay,
             "metrics": {"val_loss": final_val.get("val_loss"), "val": final_val.get("val")},
         }
-        meta = gpff_metadata(mcfg, cfg.noise, sampler_defaults, provenance=provenance)
+        meta = gpff_metadata(mcfg, cfg.noise, sampler_defaults, provenance=provenance,
+                             prior=prior_fit(train_mols))
         model.eval()
         scripted = script_gpff_model(model)
         path = Path(cfg.export.get("path", "model.pt"))
@@ -628,6 +629,43 @@ def _train(cfg: GPFFTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
         ema.swap(model)
         model.train()
     return path
+
+
+def export_checkpoint(checkpoint: Union[str, Path], path: Union[str, Path], ema: bool = True) -> Path:
+    """Export a training checkpoint (EMA weights by default) as a ``pseudo_force`` artifact, e.g. to
+    evaluate a run while it trains. The data set named in the checkpoint's config is re-read for the
+    prior fit."""
+    from engine_plugins.export.artifact import export_artifact
+    from engine_plugins.methods.gpff.model import (GPFFModelConfig, SamplerDefaults, build_gpff_model,
+                                                   gpff_metadata, script_gpff_model)
+
+    saved = load_checkpoint(Path(checkpoint))
+    cfg = GPFFTrainConfig.from_dict(saved["config"])
+    mcfg = GPFFModelConfig.from_dict(saved["model_config"])
+    model = build_gpff_model(mcfg, cfg.noise)
+    state = dict(saved["model"])
+    if ema:
+        state.update(saved["ema"])
+    model.load_state_dict(state)
+    model.eval()
+    train_mols, _, _ = load_molecules(cfg.data)
+    meta = gpff_metadata(mcfg, cfg.noise, SamplerDefaults.from_dict(cfg.sampler), prior=prior_fit(train_mols),
+                         provenance={"checkpoint": str(checkpoint), "steps": int(saved["step"]), "ema": ema,
+                                     "train_config": cfg.to_dict()})
+    return export_artifact(script_gpff_model(model), meta, Path(path))
+
+
+def prior_fit(mols: Sequence[Molecule]) -> Dict[str, Any]:
+    """Least-squares ``a`` in ``per-coordinate variance ~ a N^(2/3)`` over the training molecules (the
+    size of the generation prior, engine_plugins.methods.gpff.generate)."""
+    num = den = 0.0
+    for m in mols:
+        n = m.positions.shape[0]
+        v = float((m.positions - m.positions.mean(0)).square().sum(-1).mean()) / 3.0
+        num += v * n ** (2.0 / 3.0)
+        den += n ** (4.0 / 3.0)
+    return {"kind": "gaussian", "coord_var_coeff": round(num / max(den, 1e-12), 6),
+            "form": "per-coordinate variance sigma_start^2 + coord_var_coeff * N^(2/3), around the centroid"}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -226,8 +226,12 @@ class SamplerDefaults:
 
 def gpff_metadata(model_config: GPFFModelConfig, noise: Optional[NoiseConfig] = None,
                   sampler: Optional[SamplerDefaults] = None, periodicity: str = "nonperiodic",
-                  provenance: Optional[Dict[str, Any]] = None) -> ArtifactMetadata:
-    """Artifact metadata for a GPFF model (role ``pseudo_force``, method ``gpff``)."""
+                  provenance: Optional[Dict[str, Any]] = None,
+                  prior: Optional[Dict[str, Any]] = None) -> ArtifactMetadata:
+    """Artifact metadata for a GPFF model (role ``pseudo_force``, method ``gpff``).
+
+    ``prior``: the start-structure prior of generation (``generate.py``), e.g.
+    ``{"kind": "gaussian", "coord_var_coeff": a}`` (per-coordinate variance ``sigma^2 + a N^(2/3)``)."""
     noise = noise or NoiseConfig()
     sampler = sampler or SamplerDefaults()
     cfg = model_config
@@ -250,6 +254,8 @@ def gpff_metadata(model_config: GPFFModelConfig, noise: Optional[NoiseConfig] = 
         "samplers": list(SAMPLERS),
         "graph": f"all pairs within the cutoff ({cfg.r_max:g} A); no periodic images for molecules",
     }
+    if prior is not None:
+        role_fields["prior"] = dict(prior)
     return ArtifactMetadata(
         role="pseudo_force", method=METHOD_NAME, type_names=list(cfg.type_names), cutoff=float(cfg.r_max),
         num_message_passing_layers=int(cfg.num_layers), units=dict(PSEUDO_ENERGY_UNITS),

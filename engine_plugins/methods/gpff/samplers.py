@@ -126,22 +126,30 @@ class CountedForce:
     """``F(x)`` for ``x`` [S, N, 3] through one model call on a disjoint graph of the S copies."""
 
     def __init__(self, module: torch.nn.Module, types: torch.Tensor, cutoff: float, dtype: torch.dtype,
-                 device: torch.device) -> None:
+                 device: torch.device, segments: Optional[torch.Tensor] = None) -> None:
         self.module = module
         self.types = types.to(device)
         self.cutoff = float(cutoff)
         self.dtype = dtype
         self.device = device
         self.nfe = 0
-        n = types.shape[0] if types.shape[0] <= 256 else 0  # all candidate pairs for molecules
-        ii = torch.arange(n, device=device).repeat_interleave(n)
-        jj = torch.arange(n, device=device).repeat(n)
-        keep = ii != jj
-        self._i, self._j = ii[keep], jj[keep]
+        self.all_pairs = types.shape[0] <= 256 or segments is not None
+        if segments is not None:  # several molecules side by side: all pairs within each one only
+            seg = segments.to(torch.long).cpu()
+            same = seg.unsqueeze(0) == seg.unsqueeze(1)
+            same.fill_diagonal_(False)
+            ii, jj = torch.nonzero(same, as_tuple=True)
+            self._i, self._j = ii.to(device), jj.to(device)
+        else:
+            n = types.shape[0] if self.all_pairs else 0  # all candidate pairs for molecules
+            ii = torch.arange(n, device=device).repeat_interleave(n)
+            jj = torch.arange(n, device=device).repeat(n)
+            keep = ii != jj
+            self._i, self._j = ii[keep], jj[keep]
 
     def graph(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         s, n = x.shape[0], x.shape[1]
-        if n > 256:  # large systems: the cell-list graph per sample instead of all pairs
+        if not self.all_pairs:  # large systems: the cell-list graph per sample instead of all pairs
             from engine_plugins.nn.graph import neighbor_graph
 
             parts = [neighbor_graph(x[k], self.cutoff)[0] + k * n for k in range(s)]
@@ -185,7 +193,8 @@ class _Frame:
     """Applies the free-atom mask and the centroid projection to updates and noise."""
 
     def __init__(self, free: torch.Tensor, generator: torch.Generator, shape: Tuple[int, int, int],
-                 dtype: torch.dtype, device: torch.device, max_step: Optional[float] = None) -> None:
+                 dtype: torch.dtype, device: torch.device, max_step: Optional[float] = None,
+                 segments: Optional[torch.Tensor] = None) -> None:
         self.free = free.to(device=device, dtype=dtype).view(1, -1, 1)
         self.max_step = max_step
         self.clipped = 0
@@ -194,10 +203,27 @@ class _Frame:
         self.shape = shape
         self.dtype = dtype
         self.device = device
+        self.seg: Optional[torch.Tensor] = None
+        if segments is not None:  # per molecule: centroid projection unless that molecule has fixed atoms
+            self.seg = segments.to(device=device, dtype=torch.long)
+            self.n_seg = int(self.seg.max()) + 1
+            has_fixed = torch.zeros(self.n_seg, dtype=dtype, device=device).index_add_(
+                0, self.seg, (self.free.view(-1) == 0).to(dtype)) > 0
+            self.seg_free = (~has_fixed).to(dtype)  # [n_seg] 1: projected
+            self.count = torch.bincount(self.seg, minlength=self.n_seg).to(dtype)
+            self.anchored = bool(has_fixed.all())
+
+    def _seg_centre(self, dx: torch.Tensor) -> torch.Tensor:
+        assert self.seg is not None
+        tot = torch.zeros(dx.shape[0], self.n_seg, 3, dtype=dx.dtype, device=dx.device).index_add_(1, self.seg, dx)
+        mean = tot / self.count.view(1, -1, 1) * self.seg_free.view(1, -1, 1)
+        return dx - mean[:, self.seg]
 
     def project(self, dx: torch.Tensor, clip: bool = True) -> torch.Tensor:
         dx = dx * self.free
-        if not self.anchored:
+        if self.seg is not None:
+            dx = self._seg_centre(dx)
+        elif not self.anchored:
             dx = dx - dx.mean(1, keepdim=True)
         if clip and self.max_step is not None:
             # a trust region: scale a sample's whole update so no atom moves more than max_step
@@ -221,10 +247,17 @@ class _Frame:
         """Noise level implied by a pseudo-force [S]: ``|F|^2 = sigma^2 * dof`` for isotropic noise,
         with the rigid degrees of freedom the target does not see removed (centroid, and rotations
         for aligned targets) unless fixed atoms anchor the frame."""
+        def rigid_dofs(nf: int) -> int:
+            return 3 + ((3 if nf > 2 else 2 if nf == 2 else 0) if aligned else 0)
+
         nfree = int(self.free.sum())
         rigid = 0
-        if not self.anchored:
-            rigid = 3 + ((3 if nfree > 2 else 2 if nfree == 2 else 0) if aligned else 0)
+        if self.seg is not None:
+            nf_seg = torch.zeros(self.n_seg, dtype=self.dtype, device=self.device).index_add_(
+                0, self.seg, self.free.view(-1))
+            rigid = sum(rigid_dofs(int(nf)) for nf, p in zip(nf_seg.tolist(), self.seg_free.tolist()) if p > 0)
+        elif not self.anchored:
+            rigid = rigid_dofs(nfree)
         dof = max(1, 3 * nfree - rigid)
         return ((force * self.free).square().sum((1, 2)) / dof).sqrt()
 
@@ -336,7 +369,8 @@ def sample(model: Any, types: Union[Sequence[Any], torch.Tensor], n_atoms: Optio
            sigma_start: Union[float, str, None] = None, perturb: float = 0.0, schedule: Optional[str] = None,
            rho: Optional[float] = None, eta: float = 1.0, step: Optional[float] = None, renoise: float = 0.0,
            atol: float = 0.01, rtol: float = 0.05, max_step: Optional[float] = None,
-           device: Union[str, torch.device, None] = None, return_trajectory: bool = False) -> SampleResult:
+           device: Union[str, torch.device, None] = None, return_trajectory: bool = False,
+           segments: Optional[torch.Tensor] = None) -> SampleResult:
     """Generate ``n_samples`` structures of composition ``types`` with a GPFF pseudo-force model.
 
     ``types``: one type per atom (model type names or indices; ``n_atoms`` must match if given).
@@ -349,6 +383,10 @@ def sample(model: Any, types: Union[Sequence[Any], torch.Tensor], n_atoms: Optio
     scaled down as a whole when needed (a trust region against a model that blows up on
     overlapping atoms; off by default; ``info["clipped"]`` counts the scaled updates). Defaults
     (sampler, nfe, schedule, sigma range, denoise step) come from the artifact's metadata.
+    ``segments`` [N] (molecule index per atom, 0..M-1): several molecules sampled side by side in
+    one model call per step (graph: all pairs within each molecule only; centroid projection per
+    molecule; one shared noise schedule; ``adaptive`` then controls one step size for all of them
+    and ``sigma_start="auto"`` takes one level from all of them). Needs every start position.
     Returns a :class:`SampleResult` with positions [S, N, 3] and the exact NFE.
     """
     info = _model_info(model)
@@ -403,8 +441,16 @@ def sample(model: Any, types: Union[Sequence[Any], torch.Tensor], n_atoms: Optio
     shape = (n_samples, n, 3)
     if max_step is not None and not max_step > 0:
         raise SamplerError(f"max_step={max_step}: must be positive (or None)")
-    fr = _Frame(free, gen, shape, dtype, dev, max_step)
-    f = CountedForce(module, t, info.cutoff, info.dtype, dev)
+    if segments is not None:
+        segments = torch.as_tensor(segments, dtype=torch.long).view(-1).cpu()
+        if segments.shape[0] != n:
+            raise SamplerError(f"segments has {segments.shape[0]} entries for {n} atoms")
+        if int(segments.min()) < 0 or bool((torch.bincount(segments) == 0).any()):
+            raise SamplerError("segments must number the molecules 0..M-1, each with at least one atom")
+        if not bool(known.all()):
+            raise SamplerError("segments need every start position (draw the prior per molecule first)")
+    fr = _Frame(free, gen, shape, dtype, dev, max_step, segments)
+    f = CountedForce(module, t, info.cutoff, info.dtype, dev, segments)
 
     if sigma_start is None:
         sigma_start = "auto" if bool(known.all()) else s_max

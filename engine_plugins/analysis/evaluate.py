@@ -345,6 +345,8 @@ def markdown_summary(report: dict[str, Any]) -> str:
                          f"{_fmt(e['msd_ref'])} | {_fmt(e['msd_learned'])} | {_fmt(e['relative_error'], '.1%')} | "
                          f"{_fmt(e['D_ref'])} | {_fmt(e['D_learned'])} | {_fmt(r.get('rdf', {}).get('jsd_mean'))} | "
                          f"{_fmt(r['com_drift_learned'])} | {r['nonfinite_frames']} |")
+    for cid, why in report.get("failed", {}).items():
+        lines.append(f"| {cid} | | rollout failed: {why} | | | | | | | | |")
     lines += ["", "## Across cases", ""]
     for s, a in agg["per_species"].items():
         lines.append(f"- **{s}** ({a['cases']} cases): Spearman rank correlation of log MSD(t_ref) = "
@@ -455,7 +457,8 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
     (also written to ``output``)."""
     from tqdm.auto import tqdm
 
-    from engine_plugins.analysis.rollout import (Rollout, check_roles, n_jumps_for, read_reference, run)
+    from engine_plugins.analysis.rollout import (Rollout, RolloutError, check_roles, n_jumps_for, read_reference,
+                                                 run)
 
     if not cases:
         raise EvaluationError("no reference cases given. Fix: pass case directories written by "
@@ -478,6 +481,7 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
     out = Path(output)
     mobile = list(dict.fromkeys(s for c in case_list for s in c.mobile_species))
     results: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
     bar = tqdm(case_list, desc=f"evaluate ({engine if rollouts is None else 'rollouts'})", unit="case",
                disable=not progress)
     for case in bar:
@@ -489,8 +493,14 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
                 mobile.append(s)
         if rollouts is None:
             n = jumps or n_jumps_for(float(ref.times[-1] - ref.times[0]), delta_tau, duration_factor)
-            ro: Rollout = run(engine, model, case, n, seed, corrector=corrector, out_dir=out / "rollouts",
-                              progress=progress, reference=ref, **(engine_options or {}))
+            try:
+                ro: Rollout = run(engine, model, case, n, seed, corrector=corrector, out_dir=out / "rollouts",
+                                  progress=progress, reference=ref, **(engine_options or {}))
+            except RolloutError:
+                raise
+            except RuntimeError as exc:  # a jump failed all redraws, or the engine stopped with an error
+                failed[case.case_id] = f"{type(exc).__name__}: {str(exc)[:600]}"
+                continue
             learned, ro_info = ro.read(), ro.to_json()
         else:
             rc = TrajectoryCase.load(_rollout_case_for(Path(rollouts), case.case_id))
@@ -516,7 +526,9 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
               "mobile_species": mobile, "settings": {"r_max": r_max, "nbins": nbins, "fit_range": list(fit_range),
                                                      "lag_fraction": lag_fraction, "duration_factor": duration_factor,
                                                      "jumps": jumps},
-              "targets": TARGETS, "cases": results}
+              "targets": TARGETS, "cases": results, "failed": failed}
+    if not results:
+        raise EvaluationError("every rollout failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     report["aggregate"] = aggregate(results, mobile)
     report["files"] = {k: str(v) for k, v in write_report(report, out).items()}
     (out / "evaluation.json").write_text(json.dumps(_jsonable(report), indent=1))
@@ -579,7 +591,7 @@ def main(args: argparse.Namespace) -> int:
                 duration_factor=args.duration_factor, seed=args.seed, rollouts=args.rollouts, r_max=args.r_max,
                 nbins=args.nbins, fit_range=tuple(args.fit_range), lag_fraction=args.lag_fraction,
                 progress=args.progress, command=command, engine_options=opts)
-    except (EvaluationError, RolloutError, ObservableError) as exc:
+    except (EvaluationError, RolloutError, ObservableError, ValueError) as exc:
         print(f"engine-plugins evaluate: error: {exc}", file=sys.stderr)
         return 2
     if args.append_card:

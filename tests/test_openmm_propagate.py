@@ -258,7 +258,10 @@ TRAINED = sorted(glob.glob(str(REPO / "exported_models" / "propagator_*.pt")))
 
 @pytest.mark.parametrize("model", TRAINED, ids=[Path(p).stem for p in TRAINED])
 def test_shipped_propagator_runs_in_openmm_as_standalone(model):
-    """Each trained propagator in exported_models/: two OpenMM jumps equal the standalone sampler."""
+    """Each trained propagator in exported_models/: two OpenMM jumps equal the standalone sampler.
+
+    One flow step per jump (override) keeps this fast; the loop itself is covered above.
+    """
     from engine_plugins.export.artifact import read_metadata
 
     meta = read_metadata(model)
@@ -280,15 +283,17 @@ def test_shipped_propagator_runs_in_openmm_as_standalone(model):
     if periodic:
         s.setDefaultPeriodicBoxVectors(*(mm.Vec3(*row) for row in np.eye(3) * box * 0.1))
     temperature = 0.5 * (float(lo) + float(hi))
-    setup = create_learned_integrator(s, names, model, temperature=temperature, seed=1, periodic=periodic)
+    setup = create_learned_integrator(s, names, model, temperature=temperature, seed=1, periodic=periodic,
+                                      flow_steps=1)
     ctx = mm.Context(s, setup.integrator, mm.Platform.getPlatformByName("Reference"))
     ctx.setPositions(pos * 0.1)
     setup.integrator.step(2)
     x = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
-    jump = build_flow_jump(model)
+    jump = build_flow_jump(model, flow_steps=1)
     xs = torch.tensor(pos)
     b = torch.eye(3, dtype=torch.float64) * box if periodic else None
     for k in range(2):
         xs = jump(xs, torch.tensor(types), b, torch.full((len(pos),), temperature, dtype=torch.float64), 1, k)
     assert np.isfinite(x).all()
-    assert np.abs(x - xs.detach().numpy()).max() <= 1e-8
+    tol = 1e-8 if meta.dtype == "float64" else 1e-4  # float32 models: nm <-> Å round-off is amplified
+    assert np.abs(x - xs.detach().numpy()).max() <= tol

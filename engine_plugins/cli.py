@@ -58,7 +58,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 #: ``engine-plugins train METHOD CONFIG ...``: the module whose ``main(argv)`` trains each method.
-TRAINERS = {"gpff": "engine_plugins.train.gpff", "rm": "engine_plugins.train.response_matching"}
+TRAINERS = {"gpff": "engine_plugins.train.gpff", "propagator": "engine_plugins.train.propagator",
+            "corrector": "engine_plugins.train.corrector", "rm": "engine_plugins.train.response_matching"}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

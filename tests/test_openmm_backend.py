@@ -123,8 +123,10 @@ def test_wrong_role_is_refused(tmp_path):
     meta = ArtifactMetadata(role="corrector", method="x", type_names=["Ar"], cutoff=5.0, num_message_passing_layers=1,
                             units={"length": "angstrom", "energy": "eV", "time": "ps"},
                             role_fields={"temperature_range": [300, 300], "flow_steps": 10, "solver": "euler",
-                                         "prior": {}})
-    path = export_artifact(LennardJones([1.0], [3.0], 5.0), meta, tmp_path / "c.pt")
+                                         "prior": {"kind": "maxwell_boltzmann", "scale": {"Ar": 1.0},
+                                                   "mass": {"Ar": 39.948}}})
+    # a pseudo-force module labelled corrector (check_role=False: it has not the corrector's signature)
+    path = export_artifact(LennardJones([1.0], [3.0], 5.0), meta, tmp_path / "c.pt", check_role=False)
     with pytest.raises(OpenMMBackendError, match="role is 'corrector'.*needs role 'pseudo_force'"):
         create_pseudo_force(path, types=["Ar"])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,9 @@ METADATA_FILE = "engine_plugins_metadata.json"
 ROLES = ("pseudo_force", "propagator", "corrector", "backmapper", "cg_generator")
 PERIODICITIES = ("periodic", "nonperiodic", "any")
 DTYPES = ("float32", "float64")
+#: ODE solvers an engine runs for the propagator/corrector roles, and the priors it draws from.
+FLOW_SOLVERS = ("euler", "heun")
+PRIOR_KINDS = ("maxwell_boltzmann",)
 
 #: Fields each role must carry in ``role_fields`` (DESIGN.md).
 REQUIRED_ROLE_FIELDS: dict[str, tuple[str, ...]] = {
@@ -102,7 +106,64 @@ class ArtifactMetadata:
         if missing:
             raise _err(f"role_fields.{missing[0]}", f"role '{self.role}' needs it",
                        f"pass role_fields={{'{missing[0]}': ...}} when exporting")
+        if self.role in ("propagator", "corrector"):
+            self._validate_flow_fields()
         return self
+
+    def _validate_flow_fields(self) -> None:
+        """Propagator/corrector role_fields (contract: engine_plugins.methods.propagator)."""
+        rf = self.role_fields
+        if "delta_tau" in rf:
+            dt = rf["delta_tau"]
+            if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
+                raise _err("role_fields.delta_tau", f"{dt!r} is not a positive number",
+                           f"give the learned time step in the model's time unit ({self.units.get('time')}), "
+                           "e.g. lag frames x frame interval")
+        tr = rf["temperature_range"]
+        if (not isinstance(tr, (list, tuple)) or len(tr) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in tr)
+                or not 0 < tr[0] <= tr[1]):
+            raise _err("role_fields.temperature_range", f"{tr!r} is not [T_min, T_max] with 0 < T_min <= T_max (K)",
+                       "give the lowest and highest training temperature in kelvin")
+        k = rf["flow_steps"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise _err("role_fields.flow_steps", f"{k!r} is not an integer >= 1",
+                       "give the default number of flow (ODE) steps per jump, e.g. 10")
+        if rf["solver"] not in FLOW_SOLVERS:
+            raise _err("role_fields.solver", f"{rf['solver']!r} is not a known solver",
+                       f"use one of {', '.join(FLOW_SOLVERS)}")
+        self._validate_prior(rf["prior"])
+        md = rf.get("max_displacement")
+        if md is not None and (isinstance(md, bool) or not isinstance(md, (int, float)) or not md > 0):
+            raise _err("role_fields.max_displacement", f"{md!r} is not a positive number",
+                       "give the longest accepted displacement of one jump in angstrom (or leave it out)")
+        ma = rf.get("max_attempts")
+        if ma is not None and (isinstance(ma, bool) or not isinstance(ma, int) or ma < 1):
+            raise _err("role_fields.max_attempts", f"{ma!r} is not an integer >= 1",
+                       "give the number of draws of a jump before the run stops (e.g. 10), or leave it out")
+
+    def _validate_prior(self, prior: Any) -> None:
+        if not isinstance(prior, dict):
+            raise _err("role_fields.prior", f"{prior!r} is not a mapping",
+                       "give {'kind': 'maxwell_boltzmann', 'scale': {type: s}, 'mass': {type: amu}}")
+        if prior.get("kind") not in PRIOR_KINDS:
+            raise _err("role_fields.prior.kind", f"{prior.get('kind')!r} is not a known prior",
+                       f"use one of {', '.join(PRIOR_KINDS)}")
+        for key, positive in (("scale", False), ("mass", True)):
+            table = prior.get(key)
+            if not isinstance(table, dict):
+                raise _err(f"role_fields.prior.{key}", f"{table!r} is not a mapping type name -> value",
+                           f"give one {key} per type name in {self.type_names}")
+            missing = [t for t in self.type_names if t not in table]
+            if missing:
+                raise _err(f"role_fields.prior.{key}", f"has no entry for type(s) {missing}",
+                           f"give one {key} per type name in {self.type_names}")
+            for t in self.type_names:
+                v = table[t]
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                if not ok or (v <= 0 if positive else v < 0):
+                    raise _err(f"role_fields.prior.{key}.{t}", f"{v!r} is not a {'positive' if positive else 'non-negative'} "
+                               "finite number", f"give the {'mass in amu' if positive else 'dimensionless width scale'}")
 
     def _validate_units(self) -> None:
         tables = {"length": LENGTH_TO_NM, "energy": ENERGY_TO_KJ_PER_MOL, "time": TIME_TO_PS}

@@ -77,6 +77,35 @@ def _gpff_sample(*args: Any, **kwargs: Any) -> Any:
     return sample(*args, **kwargs)
 
 
+def _flow_model(**config: Any) -> Any:
+    from engine_plugins.methods.propagator.model import ARTIFACT_KEYS, build_flow_model
+
+    return build_flow_model(**{k: v for k, v in config.items() if k not in ARTIFACT_KEYS})
+
+
+def _flow_metadata(role: str) -> Any:
+    def build(**config: Any) -> Any:
+        from engine_plugins.methods.propagator.model import ARTIFACT_KEYS, FlowModelConfig, flow_model_metadata
+
+        cfg = FlowModelConfig.from_dict({k: v for k, v in config.items() if k not in ARTIFACT_KEYS})
+        return flow_model_metadata(role, cfg, config.get("role_fields", {}), config.get("periodicity", "any"),
+                                   config.get("provenance"))
+
+    return build
+
+
+def _flow_loss(*args: Any, **kwargs: Any) -> Any:
+    from engine_plugins.methods.propagator.loss import flow_matching_loss
+
+    return flow_matching_loss(*args, **kwargs)
+
+
+def _flow_script(model: Any) -> Any:
+    from engine_plugins.methods.propagator.model import script_flow_model
+
+    return script_flow_model(model)
+
+
 def _nequip_backbone(**config: Any) -> Any:
     from engine_plugins.nn.nequip_backbone import build_nequip_backbone
 
@@ -100,6 +129,11 @@ def engine_plugins_methods() -> Iterable[MethodSpec]:
                      description="generative pseudo force field (seed 004): NequIP, conservative or direct head, "
                                  "trained on a quadratic pseudo-energy around clean molecules; samplers ancestral, "
                                  "heun, denoise, adaptive")
+    for role in ("propagator", "corrector"):
+        yield MethodSpec(f"flow_{role}", role, _flow_model, _flow_metadata(role), loss=_flow_loss, script=_flow_script,
+                         description=f"flow-matching {role} (seeds 001/003, LiFlow-style): NequIP vector field on "
+                                     "x_cond with x_t as l=1 node feature and edge lengths, t and T Fourier "
+                                     "conditioning; train with `engine-plugins train " + role + "`")
 
 
 @hookimpl

@@ -239,6 +239,18 @@ def test_explosion_beyond_max_disp_stops_the_run(models):
     assert "all 4 attempt(s)" in msg and "longer than max_displacement 0.0001 angstrom" in msg
 
 
+@pytest.mark.mpi
+def test_jump_longer_than_a_subdomain_stops_instead_of_losing_atoms(system, tmp_path):
+    """3 ranks along one direction: LAMMPS migrates atoms to neighbouring sub-domains only, so a
+    20 A jump (prior width 3.5 A for Li) must stop the run with a clear error, not lose atoms."""
+    big = flow_artifact(tmp_path / "big.pt", PairRelaxPropagator(CUTOFF, 0.0, 0.0), scale=(40.0, 40.0),
+                        max_displacement=40.0)
+    with pytest.raises(lb.LammpsError) as info:
+        run(big, system, 2, nprocs=3, in_process=False)
+    msg = str(info.value)
+    assert "more than the width of an MPI sub-domain" in msg and "Fix: use fewer MPI ranks" in msg
+
+
 # ----------------------------------------------------------------------------- (e) bad inputs
 def test_wrong_role_pseudo_force_model():
     msg = lammps_error(lammps_lines(fix_line(REPO / "exported_models" / "lj_argon.pt")))

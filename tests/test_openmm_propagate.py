@@ -67,7 +67,7 @@ def openmm_run(model, types, pos, periodic, n, corrector=None, seed=3, start=0, 
                platform="Reference", **kw):
     s = make_system(types, periodic)
     setup = create_learned_integrator(s, [NAMES[t] for t in types], model, corrector, temperature=temperature,
-                                      seed=seed, start_jump=start, periodic=periodic, **kw)
+                                      seed=seed, start_step=start, periodic=periodic, **kw)
     ctx = mm.Context(s, setup.integrator, mm.Platform.getPlatformByName(platform))
     ctx.setPositions(pos * 0.1)
     frames = []
@@ -84,7 +84,7 @@ def standalone(model, types, pos, periodic, n, corrector=None, seed=3, start=0, 
     temp = torch.full((len(pos),), temperature, dtype=torch.float64)
     out = []
     for k in range(n):
-        x = jump(x, torch.tensor(types), box, temp, seed, start + k)
+        x = jump(x, torch.tensor(types), box, temp, seed, start + k + 1)
         out.append(x.numpy().copy())
     return np.array(out)
 
@@ -190,10 +190,10 @@ def test_checkpoint_restores_the_noise_step(models):
 
 def test_redraws_are_counted_and_a_hopeless_jump_stops_the_run(models):
     pos, types = system(seed=13)
-    bad = torch.tensor(pos) + torch.tensor(sigma_z(types, 600.0, 3, 0, 0))
+    bad = torch.tensor(pos) + torch.tensor(sigma_z(types, 600.0, 3, 1, 0))
     once = export_field(models["dir"] / "nan_once.pt", NaNOnFirstDraw(bad))
     got, ctx, setup = openmm_run(once, types, pos, True, 2)
-    assert setup.retries() == 1  # attempt 0 of jump 0 only
+    assert setup.retries() == 1  # attempt 0 of the first jump (step 1) only
     assert np.abs(got - standalone(once, types, pos, True, 2)).max() <= 1e-10
     with pytest.raises(mm.OpenMMException, match="failed all 4 attempts"):
         openmm_run(models["nan"], types, pos, True, 1)
@@ -293,7 +293,20 @@ def test_shipped_propagator_runs_in_openmm_as_standalone(model):
     xs = torch.tensor(pos)
     b = torch.eye(3, dtype=torch.float64) * box if periodic else None
     for k in range(2):
-        xs = jump(xs, torch.tensor(types), b, torch.full((len(pos),), temperature, dtype=torch.float64), 1, k)
+        xs = jump(xs, torch.tensor(types), b, torch.full((len(pos),), temperature, dtype=torch.float64), 1, k + 1)
     assert np.isfinite(x).all()
     tol = 1e-8 if meta.dtype == "float64" else 1e-4  # float32 models: nm <-> Å round-off is amplified
     assert np.abs(x - xs.detach().numpy()).max() <= tol
+
+
+def test_openmm_equals_lammps_fix_for_the_same_seed(models, lammps_plugin):
+    """Same model, seed and start: OpenMM's integrator and LAMMPS's fix ep/propagate give one trajectory."""
+    from engine_plugins.engines.lammps_propagate import run_lammps_propagate
+
+    pos, types = system(seed=17)
+    n = 3
+    lmp = run_lammps_propagate(models["prop"], pos, types, np.eye(3) * BOX, NAMES, [MASS[t] for t in NAMES], 600.0,
+                               3, n, corrector=models["corr"])
+    got, _, _ = openmm_run(models["prop"], types, pos, True, n, models["corr"], seed=3)
+    assert np.abs(lmp.frames[0] - pos).max() < 1e-10
+    assert np.abs(got - lmp.frames[1:]).max() <= 1e-10

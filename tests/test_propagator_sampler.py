@@ -188,7 +188,7 @@ def test_nan_everywhere_stops_after_max_attempts(models):
         run_jump(jump, pos, types, BOX, 600.0, 1, 0)
     assert jump.total_retries() == 4
     # the rollout turns it into a Python exception with just the message
-    with pytest.raises(JumpFailedError, match=r"^engine_plugins: learned propagator jump at step 2 .*failed all 4"):
+    with pytest.raises(JumpFailedError, match=r"^engine_plugins: learned propagator jump at step 3 .*failed all 4"):
         propagate(models["nan"], pos, [NAMES[t] for t in types], np.eye(3) * BOX, 600.0, 2, start_step=2,
                   progress=False)
 
@@ -236,7 +236,7 @@ def test_propagate_rollout_trajectory_and_continuation(models, tmp_path):
     jump = build_flow_jump(models["euler"])
     x = pos
     for k in range(4):
-        x = run_jump(jump, x, types, BOX, 600.0, 9, k)
+        x = run_jump(jump, x, types, BOX, 600.0, 9, k + 1)  # the jump reaching step n draws with step n
     assert np.abs(r.positions[-1] - x).max() < 1e-12
     # continuing from frame 2 with start_step=2 reproduces frames 3..4
     r2 = propagate(models["euler"], r.positions[2], names, box=np.eye(3) * BOX, temperature=600.0, n_jumps=2,

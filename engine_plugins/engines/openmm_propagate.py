@@ -9,13 +9,15 @@ How it works (DESIGN.md, OpenMM backend):
 * a ``CustomIntegrator`` with step size Δτ (ps, from the artifact's ``delta_tau``) applies
   ``x <- x + c*f_propagator``, then ``x <- x + c*f_corrector`` (the corrector, if given, in its
   own group, default 31, evaluated at the jumped positions), sets ``v = (x_new - x_old) / Δτ``
-  and increments the context parameter ``ep_jump`` (the noise step);
-* the noise key is (``seed`` fixed at creation, ``ep_jump``, attempt, particle index + 1), as in
-  the standalone sampler, so a step here equals ``FlowJump`` with the same seed and step;
+  and increments the context parameter ``ep_step`` (steps done, like ``Simulation.currentStep``);
+* the noise key is (``seed`` fixed at creation, step ``ep_step + 1``, attempt, particle index + 1):
+  the jump that reaches step n draws with step n, as LAMMPS's ``fix ep/propagate`` (its
+  ``ntimestep``) and the standalone ``propagate`` do, so the same seed and start step give the
+  same trajectory in every engine;
 * temperature is the context parameter ``ep_temperature`` (K; ``context.setParameter`` changes it).
 
 So OpenMM's app layer works unchanged: ``Simulation.step``, ``DCDReporter``, ``StateDataReporter``,
-checkpoints (``ep_jump`` and the integrator's ``retries`` are in the checkpoint, so a restarted
+checkpoints (``ep_step`` and the integrator's ``retries`` are in the checkpoint, so a restarted
 run continues with the same noise), and simulation time advances by Δτ per step.
 
 What reporters show: velocities are the mean velocity over the last jump, ``(x_new - x_old)/Δτ``,
@@ -26,7 +28,7 @@ jump needed (normally 0; the integrator sums them in its global ``retries``), so
 energy column is that of the system's own forces (kept in the System and never used for
 motion) plus this count. Pass ``report_retries=False`` for an energy of exactly 0.
 
-Evaluations are cached on (positions, box, ep_jump, ep_temperature): a reporter asking for the
+Evaluations are cached on (positions, box, ep_step, ep_temperature): a reporter asking for the
 state recomputes nothing, and a repeated call returns the same jump (a pure function of the key).
 
 Usage::
@@ -56,7 +58,7 @@ from engine_plugins.units import OPENMM_UNITS, UnitError, length_factor, time_fa
 
 #: x <- x + C * f: displacement (nm) = C * force (kJ/mol/nm); a power of two so d / C * C == d exactly.
 DISPLACEMENT_PER_FORCE = 2.0 ** -10
-JUMP_PARAMETER = "ep_jump"
+JUMP_PARAMETER = "ep_step"
 TEMPERATURE_PARAMETER = "ep_temperature"
 RETRIES_VARIABLE = "retries"
 
@@ -101,15 +103,15 @@ class _FlowForceBase(torch.nn.Module):
         if n != self.types.shape[0]:
             raise RuntimeError(f"engine_plugins: the learned-propagation force was built for {self.types.shape[0]} "
                                f"particles but the system has {n}; rebuild it with create_learned_integrator")
-        step = int(torch.round(jump).item())
+        step = int(torch.round(jump).item()) + 1  # the step this jump reaches
         temp = float(temperature.item())
         box_key = torch.empty(0, dtype=positions.dtype, device=positions.device)
         if boxvectors is not None:
             box_key = boxvectors
         if self._hit(positions, box_key, step, temp):
             return self.cache_energy, self.cache_forces
-        if step < 0:
-            raise RuntimeError(f"engine_plugins: context parameter ep_jump is {step}; it must be >= 0")
+        if step < 1:
+            raise RuntimeError(f"engine_plugins: context parameter ep_step is {step - 1}; it must be >= 0")
         if not bool(torch.isfinite(positions).all()):
             raise RuntimeError("engine_plugins: non-finite (NaN or inf) particle positions reached the learned "
                                "propagator; the input coordinates are invalid")
@@ -138,9 +140,9 @@ class _FlowForceBase(torch.nn.Module):
 class OpenFlowForce(_FlowForceBase):
     """Adapter for a system without periodic boundaries."""
 
-    def forward(self, positions: torch.Tensor, ep_jump: torch.Tensor,
+    def forward(self, positions: torch.Tensor, ep_step: torch.Tensor,
                 ep_temperature: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        out = self._compute(positions, None, ep_jump, ep_temperature)
+        out = self._compute(positions, None, ep_step, ep_temperature)
         if self.sampler.failure != "":
             raise RuntimeError(self.sampler.failure)
         return out
@@ -149,9 +151,9 @@ class OpenFlowForce(_FlowForceBase):
 class PeriodicFlowForce(_FlowForceBase):
     """Adapter for a periodic system (OpenMM passes the box vectors, nm)."""
 
-    def forward(self, positions: torch.Tensor, boxvectors: torch.Tensor, ep_jump: torch.Tensor,
+    def forward(self, positions: torch.Tensor, boxvectors: torch.Tensor, ep_step: torch.Tensor,
                 ep_temperature: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        out = self._compute(positions, boxvectors, ep_jump, ep_temperature)
+        out = self._compute(positions, boxvectors, ep_step, ep_temperature)
         if self.sampler.failure != "":
             raise RuntimeError(self.sampler.failure)
         return out
@@ -177,7 +179,7 @@ class LearnedPropagation:
         return int(round(self.integrator.getGlobalVariableByName(RETRIES_VARIABLE)))
 
     def jump_index(self, context) -> int:
-        """The noise step the next jump will use (context parameter ``ep_jump``)."""
+        """Steps (jumps) done (context parameter ``ep_step``); the next jump draws with step ``+ 1``."""
         return int(round(context.getParameter(self.jump_parameter)))
 
 
@@ -251,7 +253,7 @@ def _box_ok(system, cutoff_nm: float) -> None:
 
 
 def _make_force(art: Artifact, role: str, type_idx: list[int], periodic: bool, seed: int, group: int,
-                temperature: float, start_jump: int, report_retries: bool, flow_steps: int | None,
+                temperature: float, start_step: int, report_retries: bool, flow_steps: int | None,
                 solver: str | None):
     openmmtorch = import_openmmtorch()
     try:
@@ -264,7 +266,7 @@ def _make_force(art: Artifact, role: str, type_idx: list[int], periodic: bool, s
     force = openmmtorch.TorchForce(module)
     force.setOutputsForces(True)
     force.setUsesPeriodicBoundaryConditions(bool(periodic))
-    force.addGlobalParameter(JUMP_PARAMETER, float(start_jump))
+    force.addGlobalParameter(JUMP_PARAMETER, float(start_step))
     force.addGlobalParameter(TEMPERATURE_PARAMETER, float(temperature))
     force.setForceGroup(group)
     force.setName(f"engine_plugins learned {role}")
@@ -273,7 +275,7 @@ def _make_force(art: Artifact, role: str, type_idx: list[int], periodic: bool, s
 
 def create_learned_integrator(system, topology_or_types, propagator: str | os.PathLike | Artifact,
                               corrector: str | os.PathLike | Artifact | None = None, *,
-                              temperature: float, seed: int = 0, start_jump: int = 0,
+                              temperature: float, seed: int = 0, start_step: int = 0,
                               type_map: Mapping[str, str] | None = None, periodic: bool | None = None,
                               flow_steps: int | None = None, solver: str | None = None,
                               propagator_group: int = 30, corrector_group: int = 31,
@@ -283,7 +285,8 @@ def create_learned_integrator(system, topology_or_types, propagator: str | os.Pa
     ``topology_or_types``: an OpenMM Topology (element symbol, atom name or residue name, e.g. CG
     beads named by residue, remapped by ``type_map``) or a list of model type names, one per
     particle. ``temperature`` in K (warns outside the trained range). ``seed`` (0 <= seed < 2**63)
-    and ``start_jump`` (the first noise step) fix the noise. ``periodic`` defaults to whether the
+    and ``start_step`` (the step counter of the start structure; jump k draws with step
+    ``start_step + k + 1``) fix the noise. ``periodic`` defaults to whether the
     topology has a box, else to the model's periodicity. ``flow_steps``/``solver`` override the
     metadata. The System keeps its own forces; they never move particles (only reporters see them).
     """
@@ -301,8 +304,8 @@ def create_learned_integrator(system, topology_or_types, propagator: str | os.Pa
         except SamplerError as exc:
             raise LearnedPropagationError(str(exc)) from exc
     meta = prop.metadata
-    if not (0 <= int(seed) < 2 ** 63) or int(start_jump) < 0 or int(start_jump) >= 2 ** 53:
-        raise LearnedPropagationError("seed must be in [0, 2**63) and start_jump in [0, 2**53)")
+    if not (0 <= int(seed) < 2 ** 63) or int(start_step) < 0 or int(start_step) >= 2 ** 53:
+        raise LearnedPropagationError("seed must be in [0, 2**63) and start_step in [0, 2**53)")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise LearnedPropagationError(f"temperature must be a positive number of kelvin, got {temperature!r}")
     if propagator_group == corrector_group or not all(0 <= g <= 31 for g in (propagator_group, corrector_group)):
@@ -327,7 +330,7 @@ def create_learned_integrator(system, topology_or_types, propagator: str | os.Pa
     groups = [propagator_group] + ([corrector_group] if corr is not None else [])
     _check_system(system, names, masses, groups)
     pidx = type_indices(names, meta.type_names).tolist()
-    pforce = _make_force(prop, "propagator", pidx, periodic, seed, propagator_group, temperature, start_jump,
+    pforce = _make_force(prop, "propagator", pidx, periodic, seed, propagator_group, temperature, start_step,
                          report_retries, flow_steps, solver)
     cforce = None
     if corr is not None:
@@ -336,7 +339,7 @@ def create_learned_integrator(system, topology_or_types, propagator: str | os.Pa
             raise LearnedPropagationError(f"the corrector does not know type(s) {missing}. Fix: use a corrector "
                                           "trained on the same species as the propagator")
         cidx = type_indices(names, corr.metadata.type_names).tolist()
-        cforce = _make_force(corr, "corrector", cidx, periodic, seed, corrector_group, temperature, start_jump,
+        cforce = _make_force(corr, "corrector", cidx, periodic, seed, corrector_group, temperature, start_step,
                              report_retries, None, None)
     delta_tau_ps = float(meta.role_fields["delta_tau"]) * time_factor(meta.units["time"], "ps")
     if not delta_tau_ps > 0:

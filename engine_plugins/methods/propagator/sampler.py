@@ -369,8 +369,10 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
               device: str | torch.device | None = None, progress: bool = True) -> Rollout:
     """Standalone learned rollout: ``n_jumps`` jumps of Δτ from ``positions`` (model length unit, Å).
 
-    Jump ``k`` (0-based) uses noise step ``start_step + k``, so a rollout continued from frame ``k``
-    with ``start_step + k`` reproduces the rest. ``box`` (rows = cell vectors) or None for an open
+    ``start_step`` is the step counter of the start frame; the jump that reaches step n (frame
+    ``n - start_step``) draws its noise with step n, as LAMMPS's fix (its ``ntimestep``) and the
+    OpenMM integrator do, so a rollout continued from frame k with ``start_step + k`` reproduces
+    the rest and every engine gives the same trajectory for the same seed. ``box`` (rows = cell vectors) or None for an open
     system. ``trajectory`` (optional) is written with MDAnalysis, format from the suffix (.dcd, .xtc,
     .xyz, .pdb, ...), frames 0..n_jumps, unwrapped; .dcd/.xtc get a .pdb topology beside them.
     Runs on CUDA when available unless ``device`` says otherwise.
@@ -413,7 +415,7 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
         bar = tqdm(range(n_jumps), desc="learned jumps", unit="jump", disable=not progress)
         for k in bar:
             try:
-                x = jump(x, types_t, box_t, temp_t, int(seed), int(start_step) + k)
+                x = jump(x, types_t, box_t, temp_t, int(seed), int(start_step) + k + 1)
             except torch.jit.Error as exc:
                 raise JumpFailedError(_script_error_message(exc)) from None
             frames[k + 1] = x.detach().cpu().numpy()

@@ -172,6 +172,29 @@ def test_heun_and_corrector_jump_matches_standalone_sampler(one_and_two_ranks, m
     assert np.abs(one.frames[1] - x1.numpy()).max() <= 1e-10
 
 
+@pytest.mark.mpi
+def test_nequip_flow_model_one_rank_equals_two_ranks_and_sampler(system, tmp_path):
+    """The real backbone (an untrained NequIP flow vector field, 2 layers, float64): LAMMPS on 1 and 2
+    ranks and the standalone FlowJump give the same jumps."""
+    model_mod = pytest.importorskip("engine_plugins.methods.propagator.model")
+    sampler = pytest.importorskip("engine_plugins.methods.propagator.sampler")
+    torch.manual_seed(0)
+    model = model_mod.build_flow_model(type_names=NAMES, r_max=CUTOFF, avg_num_neighbors=12.0, num_features=8,
+                                       disp_scale={"Li": 0.5, "Ar": 0.3}, out_scale={"Li": 0.5, "Ar": 0.3})
+    rf = {"delta_tau": DELTA_TAU, "temperature_range": [300.0, 900.0], "flow_steps": 2, "solver": "euler",
+          "prior": {"kind": "maxwell_boltzmann", "scale": {"Li": 5.0, "Ar": 5.0}, "mass": dict(zip(NAMES, MASSES))}}
+    meta = model_mod.flow_model_metadata("propagator", model.config, rf, periodicity="periodic")
+    path = export_artifact(model_mod.script_flow_model(model), meta, tmp_path / "nequip_flow.pt")
+    one = run(path, system, 2)
+    two = run(path, system, 2, nprocs=2, in_process=False)
+    x1 = sampler.build_flow_jump(path)(torch.tensor(system.positions), torch.tensor(system.types),
+                                       torch.tensor(system.box, dtype=torch.float64),
+                                       torch.tensor(TEMP, dtype=torch.float64), SEED, 1)
+    assert np.abs(one.frames[1] - one.frames[0]).max() > 0.3
+    assert np.abs(one.frames - two.frames).max() <= 1e-10
+    assert np.abs(one.frames[1] - x1.numpy()).max() <= 1e-10
+
+
 # ------------------------------------------------------------------- (f) centre of mass, long run
 def test_no_centre_of_mass_drift_over_many_jumps(models, system):
     out = run(models["relax"], system, 60, corrector=models["corrector"])

@@ -163,11 +163,13 @@ def test_evaluate_runs_standalone_rollouts_of_a_propagator(tiny_case, tmp_path):
     cover the reference, frame 0 is the reference's first frame, the DCD is what the sampler made."""
     from engine_plugins.methods.propagator.sampler import propagate
 
-    model = _propagator_stub(tmp_path, delta_tau=0.1, temperature_range=(300.0, 900.0))
+    model = _propagator_stub(tmp_path, delta_tau=0.1, temperature_range=(300.0, 900.0),
+                             split={"train": ["other"], "test": [tiny_case.case_id]})
     out = tmp_path / "eval"
     with pytest.warns(UserWarning, match="outside the model's training range"):
-        report = evaluate([tiny_case.topology.parent], model=str(model), engine="standalone", output=out,
-                          seed=3, progress=False, r_max=5.5, nbins=40)
+        report = evaluate([tiny_case.topology.parent.parent], model=str(model), engine="standalone", output=out,
+                          seed=3, progress=False, r_max=5.5, nbins=40, split="test")
+    assert list(report["cases"]) == [tiny_case.case_id]
     case = report["cases"][tiny_case.case_id]
     assert case["rollout"]["n_jumps"] == 10 and case["frames_learned"] == 11  # 1 ps / 0.1 ps
     assert case["nonfinite_frames"] == 0 and case["com_drift_learned"] < 1e-4
@@ -181,19 +183,19 @@ def test_evaluate_runs_standalone_rollouts_of_a_propagator(tiny_case, tmp_path):
 
 
 def test_openmm_and_lammps_rollouts_equal_the_standalone_sampler(tiny_case, tmp_path, lammps_plugin):
-    """The engine adapters of the rollout interface: OpenMM's noise step k is the sampler's k,
-    LAMMPS's is k + 1 (ntimestep); read back through each engine's trajectory file and unwrapping."""
+    """The engine adapters of the rollout interface give the sampler's rollout (one noise-step
+    convention in every engine), read back through each engine's trajectory file and unwrapping."""
     from engine_plugins.analysis.rollout import run
     from engine_plugins.methods.propagator.sampler import propagate
 
     model = _propagator_stub(tmp_path, delta_tau=0.1)
     ref = read_reference(tiny_case)
     n = 4
-    for engine, start_step in (("openmm", 0), ("lammps", 1)):
+    for engine in ("openmm", "lammps"):
         ro = run(engine, model, tiny_case, n, seed=5, out_dir=tmp_path / "ro", progress=False, reference=ref)
         got = ro.read()
         direct = propagate(model, ref.positions[0], ref.species, ref.boxes[0], tiny_case.temperature, n_jumps=n,
-                           seed=5, start_step=start_step, progress=False)
+                           seed=5, progress=False)
         assert got.n_frames == n + 1 and got.species == ref.species
         # OpenMM: float32 DCD; LAMMPS: %.10g dump + image flags, start frame wrapped into the cell
         assert np.abs(got.positions - got.positions[0] - (direct.positions - direct.positions[0])).max() < 1e-3, engine
@@ -215,11 +217,14 @@ def test_bad_inputs(tiny_case, tmp_path, capsys):
         check_roles(_propagator_stub(tmp_path), REPO / "exported_models" / "lj_argon.pt")
     with pytest.raises(RolloutError, match="not among the model's type names"):
         rollout_start(tiny_case, ["Ar"])
+    with pytest.raises(EvaluationError, match="records no provenance.split"):
+        evaluate([case_dir], model=str(_propagator_stub(tmp_path)), output=tmp_path / "x", progress=False, split="test")
     with pytest.raises(EvaluationError, match="--model"):
         evaluate([case_dir], output=tmp_path / "x", progress=False)
 
 
-def _propagator_stub(tmp_path: Path, delta_tau: float = 0.1, temperature_range=(600.0, 1200.0)) -> Path:
+def _propagator_stub(tmp_path: Path, delta_tau: float = 0.1, temperature_range=(600.0, 1200.0),
+                     split: dict | None = None) -> Path:
     """A real propagator artifact (the closed-form test vector field of the contract)."""
     import torch
 
@@ -232,5 +237,6 @@ def _propagator_stub(tmp_path: Path, delta_tau: float = 0.1, temperature_range=(
                             role_fields={"delta_tau": delta_tau, "temperature_range": list(temperature_range), "flow_steps": 2,
                                          "solver": "euler", "prior": {"kind": "maxwell_boltzmann",
                                                                       "scale": {"Fw": 1.0, "Li": 1.0},
-                                                                      "mass": {"Fw": 100.0, "Li": 6.94}}})
+                                                                      "mass": {"Fw": 100.0, "Li": 6.94}}},
+                            provenance={"split": split} if split else {})
     return export_artifact(torch.jit.script(PairRelaxPropagator()), meta, tmp_path / f"prop_{delta_tau:g}.pt")

@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration-factor", type=float, default=1.0,
                    help="run this many times the reference duration (default 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=["test", "val", "held-out"],
+                   help="evaluate only these cases of the model's recorded training split (held-out = test + val)")
     p.add_argument("--rollouts", help="evaluate rollouts already written here (DIR/<case_id>/case.json)")
     p.add_argument("--r-max", type=float, default=6.0, help="RDF range, Å (at most half the cell)")
     p.add_argument("--nbins", type=int, default=60)

@@ -447,12 +447,40 @@ def _rollout_case_for(rollouts: Path, case_id: str) -> Path:
     return found[0]
 
 
+SPLITS = {"test": ("test",), "val": ("val",), "held-out": ("test", "val")}
+
+
+def cases_of_split(case_list: list[TrajectoryCase], model: str | None, split: str) -> list[TrajectoryCase]:
+    """The cases of ``split`` (test, val or held-out = test + val) recorded in the model's
+    ``provenance.split`` (written by ``engine-plugins train propagator``), in that order."""
+    from engine_plugins.export.artifact import read_metadata
+
+    if split not in SPLITS:
+        raise EvaluationError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if model is None:
+        raise EvaluationError("--split needs --model (the split is read from its provenance)")
+    rec = read_metadata(model).provenance.get("split")
+    if not isinstance(rec, dict):
+        raise EvaluationError(f"{model} records no provenance.split. Fix: pass the held-out case directories "
+                              "explicitly instead of --split")
+    ids = [i for part in SPLITS[split] for i in rec.get(part, [])]
+    if not ids:
+        raise EvaluationError(f"the {split} split of {model} is empty")
+    by_id = {c.case_id: c for c in case_list}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise EvaluationError(f"case(s) {missing} of the model's {split} split are not among the given cases "
+                              f"({', '.join(by_id) or 'none'}). Fix: pass the data directory the model was trained "
+                              f"on ({read_metadata(model).provenance.get('data_set', '?')})")
+    return [by_id[i] for i in ids]
+
+
 def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, corrector: str | None = None,
              engine: str = "standalone", output: str | os.PathLike = "out/evaluate", jumps: int | None = None,
              duration_factor: float = 1.0, seed: int = 0, rollouts: str | os.PathLike | None = None,
              r_max: float = 6.0, nbins: int = 60, fit_range: tuple[float, float] = (0.2, 0.8),
-             lag_fraction: float = 1.0, progress: bool = True, command: str = "", engine_options: dict | None = None
-             ) -> dict[str, Any]:
+             lag_fraction: float = 1.0, progress: bool = True, command: str = "", engine_options: dict | None = None,
+             split: str | None = None) -> dict[str, Any]:
     """Run (or read) learned rollouts for every reference case and compare them; returns the report
     (also written to ``output``)."""
     from tqdm.auto import tqdm
@@ -468,6 +496,8 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
             raise FileNotFoundError(f"reference case {c} does not exist. Fix: pass a directory written by "
                                     "`engine-plugins simulate transport|cg` (it holds case.json)")
     case_list = load_cases(list(cases))
+    if split is not None:
+        case_list = cases_of_split(case_list, model, split)
     if model is None and rollouts is None:
         raise EvaluationError("give --model (to run rollouts) or --rollouts DIR (to evaluate written ones)")
     if not 0 < lag_fraction <= 1:
@@ -590,7 +620,7 @@ def main(args: argparse.Namespace) -> int:
                 args.cases, model=args.model, corrector=args.corrector, engine=engine, output=out, jumps=args.jumps,
                 duration_factor=args.duration_factor, seed=args.seed, rollouts=args.rollouts, r_max=args.r_max,
                 nbins=args.nbins, fit_range=tuple(args.fit_range), lag_fraction=args.lag_fraction,
-                progress=args.progress, command=command, engine_options=opts)
+                progress=args.progress, command=command, engine_options=opts, split=args.split)
     except (EvaluationError, RolloutError, ObservableError, ValueError) as exc:
         print(f"engine-plugins evaluate: error: {exc}", file=sys.stderr)
         return 2

@@ -168,4 +168,8 @@ def run_demo(output: Path, steps: int = 200) -> int:
     fig.tight_layout()
     fig.savefig(output / "energies.png", dpi=120)
     print(f"\nwrote {output / 'energies.png'}, {output / 'energies.csv'}, {output / 'summary.json'}")
+    if (MODELS / "gpff_qm9like.pt").is_file():  # GPFF: molecules from noise inside OpenMM and LAMMPS
+        from engine_plugins.methods.gpff.demo_step import run_gpff_demo
+
+        run_gpff_demo(output, MODELS / "gpff_qm9like.pt")
     return 0

@@ -104,6 +104,9 @@ class TrainOptions:
     threads: Optional[int] = None
     progress: bool = True
     max_minutes: Optional[float] = None  # stop (with a checkpoint) after this wall time
+    # a new run that starts from another run's (EMA) weights: a curriculum stage with another noise
+    # ladder; the model config comes from that checkpoint, optimizer and steps start afresh
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -503,6 +506,10 @@ def _train(cfg: GPFFTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
     if saved is not None:
         _same_run(saved, cfg)
         mcfg = GPFFModelConfig.from_dict(saved["model_config"])
+    init = None
+    if saved is None and opts.init_from:
+        init = load_checkpoint(Path(opts.init_from))
+        mcfg = GPFFModelConfig.from_dict(init["model_config"])
 
     model = build_gpff_model(mcfg, cfg.noise).to(device)
     model.train()
@@ -516,6 +523,11 @@ def _train(cfg: GPFFTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
     step = 0
     data_desc = {"name": data_name, "n_train": len(train_mols), "n_val": len(val_mols),
                  "train": [m.name for m in train_mols], "val": [m.name for m in val_mols]}
+    if init is not None:  # curriculum stage: the previous stage's EMA weights as the start
+        state = dict(init["model"])
+        state.update(init["ema"])
+        model.load_state_dict(state)
+        ema = _EMA(model, opts.ema_decay)
     if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])

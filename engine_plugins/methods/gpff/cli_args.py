@@ -30,7 +30,8 @@ def add_generate_arguments(s: argparse.ArgumentParser) -> None:
     smp.add_argument("--sampler", choices=SAMPLERS, help="default: the model's (metadata)")
     smp.add_argument("--nfe", type=int, help="function evaluations (default: the model's)")
     smp.add_argument("--sigma-start", help="starting noise level in Å, or 'auto' (from the force of a complete "
-                                           "structure); default: the model's sigma_max from noise, auto for a structure")
+                                           "structure); default: the model's generation.sigma_start (else "
+                                           "sigma_max) from noise, auto for a structure")
     smp.add_argument("--eta", type=float, help="ancestral noise (1 standalone default; 0 = deterministic, the "
                                                "engines' only choice)")
     smp.add_argument("--step", type=float, help="denoise step (x += step*F; default from the model)")
@@ -55,7 +56,8 @@ def add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
                    help="engines besides standalone run the deterministic samplers (ancestral eta=0, denoise)")
     s.add_argument("--engine-samplers", nargs="+", choices=ENGINE_SAMPLERS, default=["ancestral"])
     s.add_argument("--engine-nfe", type=int, nargs="+", help="NFE list for the engines (default: --nfe)")
-    s.add_argument("--sigma-start", type=float, help="starting noise (Å; default: the model's sigma_max)")
+    s.add_argument("--sigma-start", type=float, help="starting noise (Å; default: the model's "
+                   "generation.sigma_start, else sigma_max)")
     s.add_argument("--eta", type=float, default=None, help="standalone ancestral eta (default 1)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--output", default="out/gpff_eval")
@@ -70,4 +72,5 @@ def add_bench_generate_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nfe", type=int, default=32, help="function evaluations per molecule")
     g.add_argument("--sampler", choices=ENGINE_SAMPLERS, default="ancestral",
                    help="deterministic engine schedule (ancestral = eta 0), the same in all three paths")
-    g.add_argument("--sigma-start", type=float, help="starting noise (Å; default: the model's sigma_max)")
+    g.add_argument("--sigma-start", type=float, help="starting noise (Å; default: the model's "
+                   "generation.sigma_start, else sigma_max)")

@@ -252,7 +252,9 @@ def evaluate_main(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    s0 = args.sigma_start if args.sigma_start is not None else art.metadata.role_fields.get("sigma_max")
+    rf = art.metadata.role_fields
+    s0 = args.sigma_start if args.sigma_start is not None else (rf.get("generation") or {}).get(
+        "sigma_start", rf.get("sigma_max"))
     title = (f"{Path(args.model).name}: {len(tasks)} held-out molecules ({args.split}), sigma_start {s0} Å")
     plot_validity(rows, out / "validity_vs_nfe.png", title)
     meta = {"model": str(args.model), "data": args.data, "split": args.split, "n_molecules": len(tasks),

@@ -172,6 +172,8 @@ def sampler_settings(art: Any, sampler: Optional[str], nfe: Optional[int], sigma
            "nfe": int(nfe if nfe is not None else rf.get("default_nfe", 32)),
            "sigma_min": float(sigma_min if sigma_min is not None else rf.get("sigma_min", 0.05)),
            "sigma_max": float(rf.get("sigma_max", 3.0)),
+           # the tested starting level of generation from noise (model card), else sigma_max
+           "sigma_start": float((rf.get("generation") or {}).get("sigma_start", rf.get("sigma_max", 3.0))),
            "schedule": schedule or sch.get("kind", "karras"),
            "rho": float(rho if rho is not None else sch.get("rho", 7.0)),
            "step": float(step if step is not None else rf.get("denoise_step", 0.5))}
@@ -358,8 +360,8 @@ def generate(model: Any, tasks: Sequence[GenerationTask], *, engine: str = "stan
              max_step: Optional[float] = None, workdir: Optional[str] = None) -> GenerationResult:
     """Generate every task with one engine; positions in A, one array per task.
 
-    ``sigma_start``: the starting noise level (default: the model's ``sigma_max`` when any atom is
-    unknown, else ``"auto"``, estimated from the force at the given structure). ``eta`` (ancestral):
+    ``sigma_start``: the starting noise level (default: the model's ``role_fields.generation.sigma_start``,
+    else its ``sigma_max``, when any atom is unknown, else ``"auto"``, estimated from the force at the given structure). ``eta`` (ancestral):
     1 = stochastic (standalone default), 0 = deterministic (the only choice inside the engines).
     """
     if engine not in ENGINES:
@@ -374,7 +376,7 @@ def generate(model: Any, tasks: Sequence[GenerationTask], *, engine: str = "stan
         eta = 1.0 if engine == "standalone" else 0.0
     complete = all(t.init is not None and np.isfinite(np.asarray(t.init, float)).all() for t in tasks)
     if sigma_start is None:
-        sigma_start = "auto" if complete else st["sigma_max"]
+        sigma_start = "auto" if complete else st["sigma_start"]
     if isinstance(sigma_start, str) and sigma_start != "auto":
         try:
             sigma_start = float(sigma_start)

@@ -903,6 +903,82 @@ def export_flow_model(model: Any, ema: _EMA, cfg: FlowTrainConfig, mcfg: Any, da
     return path
 
 
+def write_model_card(artifact: Union[str, Path], path: Union[str, Path], command: str = "",
+                     notes: str = "") -> Path:
+    """A markdown model card from an artifact's metadata (data, split, settings, validation)."""
+    from engine_plugins.export.artifact import read_metadata
+
+    meta = read_metadata(artifact)
+    rf, prov = meta.role_fields, meta.provenance
+    tc = prov.get("train_config", {})
+    mc = prov.get("flow_model_config", {})
+    met = prov.get("metrics", {})
+    size_kb = Path(artifact).stat().st_size / 1024
+    lines = [f"# {Path(artifact).name}: learned {meta.role} (method `{meta.method}`)", ""]
+    if notes:
+        lines += [notes, ""]
+    lines += ["## What it is", "",
+              f"- role `{meta.role}`, types {meta.type_names}, cutoff {meta.cutoff:g} A, "
+              f"{meta.num_message_passing_layers} message-passing layers (halo {meta.ghost_cutoff:g} A), "
+              f"dtype {meta.dtype}, {meta.periodicity}, {size_kb:.0f} KiB, content hash `{meta.content_hash[:23]}...`",
+              f"- NequIP vector field: {mc.get('num_features')} features, l_max {mc.get('l_max')}, "
+              f"{mc.get('num_bessels')} Bessel functions; graph on x_cond; x_t as l=1 node feature"
+              + (" and x_t edge lengths" if mc.get("edge_state") else "")
+              + "; Gaussian-Fourier t and T/1000 K conditioning; trained in "
+              f"{prov.get('trained_dtype', meta.dtype)}",
+              f"- per-type scales (A): disp_scale {mc.get('disp_scale')}, out_scale {mc.get('out_scale')}", ""]
+    lines += ["## Engine settings (role_fields)", ""]
+    for k in ("delta_tau", "temperature_range", "flow_steps", "solver", "max_displacement", "max_attempts", "noise_max"):
+        if k in rf:
+            unit = {"delta_tau": " ps", "temperature_range": " K", "max_displacement": " A", "noise_max": " A"}.get(k, "")
+            lines.append(f"- `{k}`: {json.dumps(rf[k])}{unit}")
+    pr = rf.get("prior", {})
+    lines += [f"- `prior`: {pr.get('kind')}, scale {json.dumps(pr.get('scale'))}, mass {json.dumps(pr.get('mass'))} "
+              "(sigma = scale sqrt(k_B T / m) A)", ""]
+    data = tc.get("data", {})
+    split = prov.get("split", {})
+    lines += ["## Data and split", "",
+              f"- cases: `{prov.get('data_set')}`; lag {prov.get('lag_frames')} frames"
+              + (f"; CG mapping `{prov.get('mapping')}`" if prov.get("mapping") else ""),
+              f"- whole-case split ({json.dumps(data.get('split', {}))}):",
+              f"  - train ({len(split.get('train', []))}): {', '.join(split.get('train', []))}",
+              f"  - validation ({len(split.get('val', []))}): {', '.join(split.get('val', []))}",
+              f"  - test, never seen ({len(split.get('test', []))}): {', '.join(split.get('test', [])) or '-'}",
+              f"- frame pairs: {json.dumps(prov.get('frame_pairs'))}", ""]
+    tr = tc.get("train", {})
+    lines += ["## Training", "",
+              f"- {prov.get('steps')} steps" + (" (stopped by max_minutes)" if prov.get("stopped_early") else "")
+              + f", batch {tr.get('batch_size')} frame pairs, AdamW lr {tr.get('lr')} (warm-up + cosine), "
+              f"grad clip {tr.get('grad_clip')}, EMA {tr.get('ema_decay')}, loss weighting `{tr.get('loss_weighting')}`, "
+              f"seed {tc.get('seed')}",
+              f"- command: `{command}`" if command else "", ""]
+    lines += ["## Validation (held-out cases, EMA weights, fixed noise)", "",
+              f"- flow-matching loss {met.get('val_loss')!s:.6} (per-type normalised: about 1.0 for a zero prediction on the training distribution), raw MSE "
+              f"{met.get('val_mse')!s:.6} A^2; last training loss (running mean) {met.get('train_loss_avg')!s:.6}"]
+    for cid, row in sorted((met.get("val_per_case") or {}).items()):
+        lines.append(f"  - {cid}: loss {row.get('loss', float('nan')):.4f}")
+    jumps = met.get("val_jumps") or {}
+    if jumps:
+        if meta.role == "propagator":
+            lines += ["- one sampled jump vs reference (mean squared displacement per species over delta_tau, A^2; "
+                      f"{rf.get('flow_steps')} {rf.get('solver')} steps, no corrector):", "",
+                      "| case | species | MSD reference | MSD sampled | ratio |", "|---|---|---|---|---|"]
+            for cid, row in sorted(jumps.items()):
+                for sp in row.get("msd_reference", {}):
+                    lines.append(f"| {cid} | {sp} | {row['msd_reference'][sp]:.4g} | {row['msd_sampled'][sp]:.4g} | "
+                                 f"{row['msd_ratio'][sp]:.3f} |")
+        else:
+            lines += ["- rms distance to the clean frame before / after correction (A), noise s = noise_max/2:", "",
+                      "| case | species | before | after |", "|---|---|---|---|"]
+            for cid, row in sorted(jumps.items()):
+                for sp in row.get("rms_before", {}):
+                    lines.append(f"| {cid} | {sp} | {row['rms_before'][sp]:.4f} | {row['rms_after'][sp]:.4f} |")
+    lines += ["", "## Rollout metrics", "", "(added by the evaluation: `engine-plugins evaluate ...`)", ""]
+    path = Path(path)
+    path.write_text("\n".join(l for l in lines if l is not None) + "\n")
+    return path
+
+
 # ------------------------------------------------------------------------------------------------
 # command line
 # ------------------------------------------------------------------------------------------------

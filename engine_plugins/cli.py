@@ -128,6 +128,12 @@ def _cmd_evaluate_gpff(args: argparse.Namespace) -> int:
     return evaluate_main(args)
 
 
+def _cmd_evaluate_rm(args: argparse.Namespace) -> int:
+    from engine_plugins.methods.response_matching.evaluate import run as evaluate_rm_run
+
+    return evaluate_rm_run(args)
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     if args.family == "molecules":
         from engine_plugins.data.molecules import main as build
@@ -237,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
                                              "held-out molecules (PNG + JSON + markdown)")
     gpff_args.add_evaluate_arguments(s)
     s.set_defaults(func=_cmd_evaluate_gpff)
+
+    s = sub.add_parser("evaluate-rm", help="RM crystal model: repair of noisy crystals (standalone, LAMMPS box/relax) "
+                       "and screening ranks; JSON + markdown")
+    from engine_plugins.methods.response_matching.evaluate import add_arguments as _evaluate_rm_arguments
+
+    _evaluate_rm_arguments(s)
+    s.set_defaults(func=_cmd_evaluate_rm)
 
     s = sub.add_parser("data", help="build the built-in structure sets: molecules (QM9-like) or crystals (prototypes)")
     s.add_argument("family", choices=["molecules", "crystals"])

@@ -106,6 +106,38 @@ def _flow_script(model: Any) -> Any:
     return script_flow_model(model)
 
 
+_RM_ARTIFACT_KEYS = ("noise", "relax", "provenance")
+
+
+def _rm_model(**config: Any) -> Any:
+    from engine_plugins.methods.response_matching.model import build_rm_model
+    from engine_plugins.methods.response_matching.noise import RMNoiseConfig
+
+    noise = RMNoiseConfig.from_dict(config.get("noise", {}))
+    return build_rm_model(noise=noise, **{k: v for k, v in config.items() if k not in _RM_ARTIFACT_KEYS})
+
+
+def _rm_metadata(**config: Any) -> Any:
+    from engine_plugins.methods.response_matching.model import RelaxDefaults, RMModelConfig, rm_metadata
+    from engine_plugins.methods.response_matching.noise import RMNoiseConfig
+
+    cfg = RMModelConfig.from_dict({k: v for k, v in config.items() if k not in _RM_ARTIFACT_KEYS})
+    return rm_metadata(cfg, RMNoiseConfig.from_dict(config.get("noise", {})),
+                       RelaxDefaults.from_dict(config.get("relax", {})), provenance=config.get("provenance"))
+
+
+def _rm_loss(*args: Any, **kwargs: Any) -> Any:
+    from engine_plugins.methods.response_matching.noise import rm_loss
+
+    return rm_loss(*args, **kwargs)
+
+
+def _rm_relax(*args: Any, **kwargs: Any) -> Any:
+    from engine_plugins.methods.response_matching.relax import relax_structure
+
+    return relax_structure(*args, **kwargs)
+
+
 def _nequip_backbone(**config: Any) -> Any:
     from engine_plugins.nn.nequip_backbone import build_nequip_backbone
 
@@ -129,6 +161,11 @@ def engine_plugins_methods() -> Iterable[MethodSpec]:
                      description="generative pseudo force field (seed 004): NequIP, conservative or direct head, "
                                  "trained on a quadratic pseudo-energy around clean molecules; samplers ancestral, "
                                  "heun, denoise, adaptive")
+    yield MethodSpec("response_matching", "pseudo_force", _rm_model, _rm_metadata, loss=_rm_loss, sampler=_rm_relax,
+                     script=_nequip_script,
+                     description="response matching (seed 002) for periodic crystals: NequIP + short-range "
+                                 "repulsion, pseudo-forces and pseudo-stress from displacement and strain noise; "
+                                 "relaxation with the cell (standalone FIRE, LAMMPS box/relax)")
     for role in ("propagator", "corrector"):
         yield MethodSpec(f"flow_{role}", role, _flow_model, _flow_metadata(role), loss=_flow_loss, script=_flow_script,
                          description=f"flow-matching {role} (seeds 001/003, LiFlow-style): NequIP vector field on "

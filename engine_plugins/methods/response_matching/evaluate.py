@@ -1,0 +1,260 @@
+"""Measure an RM crystal model: repair of noisy crystals (standalone and in LAMMPS) and screening.
+
+``engine-plugins evaluate-rm MODEL [--output DIR] [--levels 0.1:0.02 0.3:0.05 ...] [--engines standalone lammps]``
+
+1. **Repair.** For every built-in prototype (a supercell at least ``min_width`` A thick), noisy copies
+   (``perturb_crystal``: Gaussian displacements of ``sigma`` A per component and a random symmetric
+   strain of scale ``s``; seeded) are relaxed on the learned pseudo-energy with the cell free:
+   standalone (ASE FIRE + UnitCellFilter) and in LAMMPS (``minimize`` + ``fix box/relax tri 0.0``).
+   Each result is compared with its reference prototype by pymatgen ``StructureMatcher``
+   (``engine_plugins.analysis.validity.match_crystal``); the unrelaxed noisy copies are matched too,
+   as the baseline the relaxation has to beat.
+2. **Screening.** Pseudo-energy per atom of each equilibrium prototype vs its displaced copies
+   (Spearman of ``E - E_eq`` with the displacement size, ``rank_correlation``) and vs decoys of the same
+   composition (``fraction_ranked_correctly``): the same atoms at random positions in the reference
+   cell, species permuted over the sites (compounds), and, for elements, the other cubic lattices
+   (fcc/bcc/sc/diamond) at the reference volume per atom.
+
+Writes ``rm_eval.json`` and ``rm_eval.md`` and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+DEFAULT_LEVELS = ((0.1, 0.02), (0.3, 0.05), (0.5, 0.08))
+
+
+def _pe_per_atom(calc, structure) -> float:
+    atoms = structure.to_ase()
+    atoms.calc = calc
+    return float(atoms.get_potential_energy()) / len(atoms)
+
+
+def decoys(structure, seed: int = 0) -> List[Tuple[str, Any]]:
+    """Same-composition decoys of a reference crystal (see module doc)."""
+    from engine_plugins.data.molecules import Structure
+
+    rng = np.random.default_rng(seed)
+    out: List[Tuple[str, Any]] = []
+    n = structure.n_atoms
+    frac = rng.random((n, 3))
+    out.append(("random positions", structure.copy(positions=frac @ structure.cell)))
+    if len(set(structure.symbols)) > 1:
+        perm = rng.permutation(n)
+        out.append(("species permuted", structure.copy(symbols=[structure.symbols[i] for i in perm])))
+    else:
+        from ase.build import bulk
+
+        el = structure.symbols[0]
+        vpa = abs(np.linalg.det(structure.cell)) / n
+        proto = structure.info.get("prototype", "")
+        for kind, atoms_per_cell in (("fcc", 4), ("bcc", 2), ("sc", 1), ("diamond", 8)):
+            if kind == proto:
+                continue
+            a = (vpa * atoms_per_cell) ** (1.0 / 3.0)
+            atoms = bulk(el, kind, a=a, cubic=True) if kind != "sc" else bulk(el, "sc", a=a)
+            reps = max(1, int(math.ceil(7.0 / a)))
+            atoms = atoms.repeat((reps, reps, reps))
+            out.append((f"{kind} at the same volume/atom", Structure.from_ase(atoms)))
+    return out
+
+
+def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: Sequence[Tuple[float, float]] = DEFAULT_LEVELS,
+                engines: Sequence[str] = ("standalone", "lammps"), names: Optional[Sequence[str]] = None,
+                seeds: int = 1, min_width: float = 7.0, fmax: float = 0.01, max_steps: int = 1000,
+                lammps_ftol: float = 1e-4, screening_sizes: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
+                progress: bool = True) -> Dict[str, Any]:
+    """Run the measurements (see module doc); returns the report dict and writes JSON + markdown."""
+    from tqdm.auto import tqdm
+
+    from engine_plugins.analysis.validity import fraction_ranked_correctly, match_crystal, rank_correlation
+    from engine_plugins.data.crystals import CRYSTAL_PROTOTYPES, build_crystal, perturb_crystal
+    from engine_plugins.export.artifact import load_artifact
+    from engine_plugins.methods.response_matching.relax import make_calculator, relax_structure
+
+    art = load_artifact(model)
+    names = list(names or CRYSTAL_PROTOTYPES)
+    bad = [e for e in engines if e not in ("standalone", "lammps")]
+    if bad:
+        raise ValueError(f"unknown engine(s) {bad}; use standalone and/or lammps")
+    refs = {n: build_crystal(n, cutoff=0.5 * min_width, factor=2.0) for n in names}
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: List[Dict[str, Any]] = []
+    jobs = [(n, lv, seed) for lv in levels for n in names for seed in range(seeds)]
+    bar = tqdm(jobs, desc="rm repair", disable=not progress, dynamic_ncols=True)
+    for n, (sig, st), seed in bar:
+        ref = refs[n]
+        noisy = perturb_crystal(ref, displacement=sig, strain=st, seed=1000 + seed)
+        row: Dict[str, Any] = {"crystal": n, "n_atoms": ref.n_atoms, "displacement": sig, "strain": st, "seed": seed,
+                               "noisy_matched": match_crystal(noisy, ref, with_rms=False).matched}
+        for engine in engines:
+            t0 = time.perf_counter()
+            try:
+                if engine == "standalone":
+                    r = relax_structure(art, noisy.symbols, noisy.positions, noisy.cell, relax_cell=True,
+                                        fmax=fmax, max_steps=max_steps)
+                else:
+                    from engine_plugins.engines.relax_cell import relax_lammps
+
+                    r = relax_lammps(art, noisy.symbols, noisy.positions, noisy.cell, box_relax=True,
+                                     ftol=lammps_ftol, max_iterations=max_steps)
+                m = match_crystal(r.to_structure(n), ref)
+                row[engine] = {"matched": m.matched, "rms": m.rms, "volume_ratio": m.volume_ratio,
+                               "steps": r.steps, "converged": r.converged, "fmax": r.fmax,
+                               "seconds": round(time.perf_counter() - t0, 2)}
+            except Exception as exc:  # noqa: BLE001 - a failed relaxation counts as not matched, with the reason
+                row[engine] = {"matched": False, "error": f"{type(exc).__name__}: {exc}"[:300],
+                               "seconds": round(time.perf_counter() - t0, 2)}
+        rows.append(row)
+        (out / "rm_eval_rows.json").write_text(json.dumps(rows, indent=1))
+
+    summary: Dict[str, Any] = {"per_level": []}
+    for sig, st in levels:
+        sel = [r for r in rows if r["displacement"] == sig and r["strain"] == st]
+        entry = {"displacement": sig, "strain": st, "n": len(sel),
+                 "noisy_unrelaxed_match": float(np.mean([r["noisy_matched"] for r in sel]))}
+        for engine in engines:
+            entry[f"{engine}_match"] = float(np.mean([r[engine]["matched"] for r in sel]))
+            rms = [r[engine]["rms"] for r in sel if r[engine].get("rms") is not None]
+            entry[f"{engine}_mean_rms"] = float(np.mean(rms)) if rms else None
+            entry[f"{engine}_mean_seconds"] = float(np.mean([r[engine]["seconds"] for r in sel]))
+        summary["per_level"].append(entry)
+    for engine in engines:
+        summary[f"{engine}_match_overall"] = float(np.mean([r[engine]["matched"] for r in rows])) if rows else None
+    summary["noisy_unrelaxed_match_overall"] = float(np.mean([r["noisy_matched"] for r in rows])) if rows else None
+
+    # screening
+    calc = make_calculator(art)
+    rng_seed = 7
+    e_eq, e_pert, e_dec, dec_rows = [], [], [], []
+    for n in tqdm(names, desc="rm screening", disable=not progress, dynamic_ncols=True):
+        ref = refs[n]
+        e0 = _pe_per_atom(calc, ref)
+        e_eq.append(e0)
+        e_pert.append([_pe_per_atom(calc, perturb_crystal(ref, displacement=s, strain=0.0, seed=rng_seed))
+                       for s in screening_sizes])
+        ds = decoys(ref, seed=rng_seed)
+        ed = [_pe_per_atom(calc, d) for _, d in ds]
+        dec_rows.append({"crystal": n, "E_eq_per_atom": e0,
+                         "decoys": [{"decoy": lbl, "E_per_atom": e, "above_eq": e > e0} for (lbl, _), e in zip(ds, ed)]})
+        e_dec.append(ed)
+    rc = rank_correlation(e_eq, e_pert, list(screening_sizes))
+    pairs = [(e0, e) for e0, es in zip(e_eq, e_dec) for e in es]
+    screening = {"perturbation_sizes": list(screening_sizes), "ranking_vs_displacement": rc.as_dict(),
+                 "decoys_fraction_above_equilibrium": fraction_ranked_correctly([p[0] for p in pairs], [p[1] for p in pairs]),
+                 "n_decoys": len(pairs), "per_crystal": dec_rows}
+
+    meta = art.metadata
+    report = {"model": str(model), "content_hash": meta.content_hash, "method": meta.method,
+              "settings": {"levels": [list(lv) for lv in levels], "engines": list(engines), "seeds": seeds,
+                           "min_width": min_width, "fmax": fmax, "max_steps": max_steps, "lammps_ftol": lammps_ftol,
+                           "crystals": names},
+              "repair": summary, "screening": screening, "rows": rows}
+    (out / "rm_eval.json").write_text(json.dumps(report, indent=1))
+    md = markdown(report)
+    (out / "rm_eval.md").write_text(md)
+    return report
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    """The report as markdown tables."""
+    rep = report["repair"]
+    engines = report["settings"]["engines"]
+    lines = [f"# RM crystal model: repair and screening ({Path(report['model']).name})", "",
+             f"{len(report['settings']['crystals'])} prototypes, supercells >= {report['settings']['min_width']} A, "
+             f"{report['settings']['seeds']} noisy copy per level; StructureMatcher (ltol 0.2, stol 0.3, angle 5 deg).",
+             "", "| displacement (A) | strain | n | unrelaxed match | "
+             + " | ".join(f"{e} match | {e} mean rms | {e} s/relax" for e in engines) + " |",
+             "|---|---|---|---|" + "---|---|---|" * len(engines)]
+    for lv in rep["per_level"]:
+        cells = [f"{lv['displacement']:g}", f"{lv['strain']:g}", str(lv["n"]), f"{100 * lv['noisy_unrelaxed_match']:.0f} %"]
+        for e in engines:
+            rms = lv.get(f"{e}_mean_rms")
+            cells += [f"{100 * lv[f'{e}_match']:.0f} %", "-" if rms is None else f"{rms:.3f}",
+                      f"{lv[f'{e}_mean_seconds']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    overall = ", ".join(f"{e} {100 * rep[f'{e}_match_overall']:.1f} %" for e in engines)
+    lines += ["", f"Overall match after relaxation: {overall} (unrelaxed noisy copies: "
+              f"{100 * rep['noisy_unrelaxed_match_overall']:.1f} %).", ""]
+    sc = report["screening"]
+    r = sc["ranking_vs_displacement"]
+    lines += ["## Screening", "",
+              f"- Spearman(E - E_eq, displacement size {sc['perturbation_sizes']}) pooled: {r['spearman_pooled']:.3f}; "
+              f"per structure (mean): {r['spearman_per_structure']:.3f}",
+              f"- equilibrium below its displaced copies: {100 * r['fraction_correct']:.1f} % of {r['n_pairs']} pairs",
+              f"- equilibrium below same-composition decoys: {100 * sc['decoys_fraction_above_equilibrium']:.1f} % of "
+              f"{sc['n_decoys']} decoys", ""]
+    failed = [row for row in report["rows"] if any(not row[e]["matched"] for e in engines)]
+    if failed:
+        lines += ["Not matched:", ""]
+        for row in failed:
+            bad = [e + (f" ({row[e]['error'][:80]})" if "error" in row[e] else "") for e in engines if not row[e]["matched"]]
+            lines.append(f"- {row['crystal']} at {row['displacement']:g} A / {row['strain']:g}: {', '.join(bad)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _level(text: str) -> Tuple[float, float]:
+    try:
+        d, s = text.split(":")
+        return float(d), float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"level '{text}': write DISPLACEMENT:STRAIN, e.g. 0.3:0.05") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The command's options (shared by ``engine-plugins evaluate-rm`` and ``python -m``)."""
+    p.add_argument("model")
+    p.add_argument("--output", default="out/rm_eval")
+    p.add_argument("--levels", type=_level, nargs="+", default=list(DEFAULT_LEVELS),
+                   help="DISPLACEMENT:STRAIN pairs (A : strain scale); default 0.1:0.02 0.3:0.05 0.5:0.08")
+    p.add_argument("--engines", nargs="+", default=["standalone", "lammps"], choices=["standalone", "lammps"])
+    p.add_argument("--crystals", nargs="+", help="subset of the built-in prototypes")
+    p.add_argument("--seeds", type=int, default=1, help="noisy copies per crystal and level")
+    p.add_argument("--min-width", type=float, default=7.0, help="supercell thickness, A")
+    p.add_argument("--fmax", type=float, default=0.01, help="standalone FIRE stop, eV/A")
+    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--lammps-ftol", type=float, default=1e-4, help="LAMMPS minimize ftol (eV/A)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(
+        prog="engine-plugins evaluate-rm",
+        description="repair of noisy crystals (standalone and LAMMPS box/relax) and screening ranks for an RM "
+                    "crystal model; JSON + markdown"))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation for parsed arguments, print the markdown."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = evaluate_rm(args.model, args.output, args.levels, args.engines, args.crystals, args.seeds,
+                             args.min_width, args.fmax, args.max_steps, args.lammps_ftol,
+                             progress=not args.no_progress)
+    finally:
+        torch.set_num_threads(threads)
+    print(markdown(report))
+    print(f"wrote {Path(args.output) / 'rm_eval.json'} and {Path(args.output) / 'rm_eval.md'}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -195,7 +195,7 @@ def build_plugin(force: bool = False, verbose: bool = False, jobs: int | None = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine_plugins.engines.lammps_build",
-                                     description="Build the LAMMPS plugin epplugin.so (pair_style ep/torch).")
+                                     description="Build the LAMMPS plugin epplugin.so (pair_style ep/torch, fix ep/propagate).")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     parser.add_argument("--verbose", "-v", action="store_true", help="show the cmake and compiler output")
     parser.add_argument("--jobs", "-j", type=int, default=None, help="parallel compile jobs")

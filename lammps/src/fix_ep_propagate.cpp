@@ -1183,6 +1183,15 @@ void FixEPPropagate::reneighbor()
 
 void FixEPPropagate::initial_integrate(int /*vflag*/)
 {
+  double **x = atom->x;
+  for (int i = 0; i < atom->nlocal; i++)
+    if (!std::isfinite(x[i][0]) || !std::isfinite(x[i][1]) || !std::isfinite(x[i][2]))
+      error->one(FLERR,
+                 "fix ep/propagate: atom {} (type {}) has a non-finite position ({}, {}, {}) at the "
+                 "start of the jump of step {}. Fix: check the input structure and what else "
+                 "moves atoms",
+                 atom->tag[i], atom->type[i], x[i][0], x[i][1], x[i][2], update->ntimestep);
+
   double max_norm = 0.0;
   const int redraws = flow(*propagator, 0, max_norm);
   apply_displacement(propagator->length_factor, true);

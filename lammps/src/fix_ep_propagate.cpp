@@ -179,7 +179,7 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
 {
   const std::string usage =
       "expected 'fix ID group ep/propagate MODEL.pt types NAME1 ... NAMEntypes temp T seed S "
-      "[corrector MODEL2.pt] [steps K] [solver euler|heun] [max_attempts N] [max_disp D] "
+      "[corrector MODEL2.pt|none] [steps K] [solver euler|heun] [max_attempts N] [max_disp D] "
       "[timestep check|set] [device cpu|cuda|auto] [threads N]'";
   if (narg < 4) error->all(FLERR, "Illegal fix ep/propagate command: {}", usage);
 
@@ -234,6 +234,7 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
     } else if (keyword == "corrector") {
       if (iarg + 2 > narg) utils::missing_cmd_args(FLERR, "fix ep/propagate corrector", error);
       corrector_path = arg[iarg + 1];
+      if (corrector_path == "none" || corrector_path == "NULL") corrector_path.clear();
       iarg += 2;
     } else if (keyword == "steps") {
       if (iarg + 2 > narg) utils::missing_cmd_args(FLERR, "fix ep/propagate steps", error);

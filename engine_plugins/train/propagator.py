@@ -809,6 +809,11 @@ def _train(cfg: FlowTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
                   "command to resume", file=sys.stderr)
         raise
     bar.close()
+    if main_rank and (not history or history[-1]["step"] != step):  # stopped between validations
+        res = run_validation()
+        history.append({"step": step, "loss": None, "loss_avg": running, "val_loss": res.get("loss") if res else None,
+                        "val": {k: v for k, v in res.items() if k != "loss"} if res else None,
+                        "elapsed_s": round(time.time() - t_start, 2)})
     checkpoint(periodic=False)
     if not main_rank or cfg.export.path is None:
         return None
@@ -873,7 +878,7 @@ def export_flow_model(model: Any, ema: _EMA, cfg: FlowTrainConfig, mcfg: Any, da
             "data_set": data.source, "split": data.split, "lag_frames": int(cfg.data.lag),
             "frame_pairs": n_pairs, "mapping": cfg.data.mapping, "steps": step, "stopped_early": stopped_early,
             "train_config": cfg.to_dict(), "ema_decay": cfg.train.ema_decay,
-            "metrics": {"val_loss": final.get("val_loss"), "val_mse": val.get("mse"),
+            "metrics": {"val_step": final.get("step"), "val_loss": final.get("val_loss"), "val_mse": val.get("mse"),
                         "val_per_case": val.get("per_case"), "val_jumps": val.get("jumps"),
                         "train_loss_avg": final.get("loss_avg")},
         }
@@ -952,7 +957,8 @@ def write_model_card(artifact: Union[str, Path], path: Union[str, Path], command
               f"grad clip {tr.get('grad_clip')}, EMA {tr.get('ema_decay')}, loss weighting `{tr.get('loss_weighting')}`, "
               f"seed {tc.get('seed')}",
               f"- command: `{command}`" if command else "", ""]
-    lines += ["## Validation (held-out cases, EMA weights, fixed noise)", "",
+    at = f" at step {met['val_step']}" if met.get("val_step") is not None else ""
+    lines += [f"## Validation (held-out cases, EMA weights, fixed noise{at})", "",
               f"- flow-matching loss {met.get('val_loss')!s:.6} (per-type normalised: about 1.0 for a zero prediction on the training distribution), raw MSE "
               f"{met.get('val_mse')!s:.6} A^2; last training loss (running mean) {met.get('train_loss_avg')!s:.6}"]
     for cid, row in sorted((met.get("val_per_case") or {}).items()):

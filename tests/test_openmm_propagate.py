@@ -154,21 +154,22 @@ def test_app_layer_reporters_time_velocities_and_centre_of_mass(models, tmp_path
 
 def test_adapter_caches_repeated_calls_at_the_same_state(models):
     """OpenMM asks for energy and forces separately, and reporters ask again: one sampler call per state."""
-    from engine_plugins.engines.openmm_propagate import DISPLACEMENT_PER_FORCE, PeriodicFlowForce
+    from engine_plugins.engines.openmm_propagate import DISPLACEMENT_PER_FORCE, FlowForceCore, PeriodicFlowForce
     from engine_plugins.methods.propagator.sampler import build_flow_sampler
 
     pos, types = system(seed=16)
-    mod = torch.jit.script(PeriodicFlowForce(build_flow_sampler(models["prop"]), list(types), 10.0, 3, True))
+    mod = torch.jit.script(PeriodicFlowForce(FlowForceCore(build_flow_sampler(models["prop"]), list(types), 10.0, 3,
+                                                           True)))
     x = torch.tensor(pos * 0.1)
     box = torch.eye(3, dtype=torch.float64) * BOX * 0.1
     t = torch.tensor(600.0, dtype=torch.float64)
     e1, f1 = mod(x, box, torch.tensor(2.0, dtype=torch.float64), t)
     e2, f2 = mod(x, box, torch.tensor(2.0, dtype=torch.float64), t)
-    assert mod.evaluations == 1 and torch.equal(f1, f2) and float(e1) == 0.0
+    assert mod.core.evaluations == 1 and torch.equal(f1, f2) and float(e1) == 0.0
     _, f3 = mod(x, box, torch.tensor(3.0, dtype=torch.float64), t)
     mod(x, box, torch.tensor(3.0, dtype=torch.float64), t * 1.5)
     mod(x + 1e-9, box, torch.tensor(3.0, dtype=torch.float64), t * 1.5)
-    assert mod.evaluations == 4
+    assert mod.core.evaluations == 4
     ref = standalone(models["prop"], types, pos, True, 1, start=2)[0]
     assert np.abs(pos + f1.numpy() * DISPLACEMENT_PER_FORCE * 10 - ref).max() < 1e-12
     assert np.abs(f3 - f1).max() > 1.0

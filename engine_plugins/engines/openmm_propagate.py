@@ -67,13 +67,19 @@ class LearnedPropagationError(OpenMMBackendError):
     """Learned propagation cannot be set up for this system (the message names the fix)."""
 
 
-class _FlowForceBase(torch.nn.Module):
-    """TorchForce adapter: nm <-> model units, cache, and the sampler call (no box)."""
+class FlowForceCore(torch.nn.Module):
+    """TorchForce adapter body: nm <-> model units, cache, and the sampler call.
+
+    It never raises: problems are left in ``error`` and the top-level ``forward`` of the wrapper
+    raises them. Why: libtorch segfaults (``InterpreterStateImpl::callstack``) when an exception
+    raised in a nested scripted call unwinds through openmmtorch's C++ kernel; a raise in the
+    top-level ``forward`` is reported cleanly as an ``OpenMMException``.
+    """
 
     def __init__(self, sampler: FlowSampler, types: Sequence[int], nm_to_model: float, seed: int,
                  report_retries: bool) -> None:
         super().__init__()
-        sampler.raise_on_failure = False  # raised from forward here instead (see FlowSampler)
+        sampler.raise_on_failure = False
         self.sampler = sampler
         self.register_buffer("types", torch.tensor(list(types), dtype=torch.long))
         self.nm_to_model = float(nm_to_model)
@@ -88,33 +94,37 @@ class _FlowForceBase(torch.nn.Module):
         self.cache_energy = torch.zeros((), dtype=torch.float64)
         self.cache_forces = torch.empty(0, 3, dtype=torch.float64)
         self.evaluations = 0  # sampler calls (cache misses)
+        self.error = ""
 
-    def _hit(self, positions: torch.Tensor, box: torch.Tensor, step: int, temperature: float) -> bool:
-        if step != self.cache_step or temperature != self.cache_temperature:
-            return False
-        if (self.cache_pos.shape != positions.shape or self.cache_pos.dtype != positions.dtype
-                or self.cache_pos.device != positions.device or self.cache_box.shape != box.shape):
-            return False
-        return bool(torch.equal(self.cache_pos, positions)) and bool(torch.equal(self.cache_box, box))
-
-    def _compute(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor], jump: torch.Tensor,
-                 temperature: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor], ep_step: torch.Tensor,
+                ep_temperature: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         n = positions.shape[0]
-        if n != self.types.shape[0]:
-            raise RuntimeError(f"engine_plugins: the learned-propagation force was built for {self.types.shape[0]} "
-                               f"particles but the system has {n}; rebuild it with create_learned_integrator")
-        step = int(torch.round(jump).item()) + 1  # the step this jump reaches
-        temp = float(temperature.item())
+        step = int(torch.round(ep_step).item()) + 1  # the step this jump reaches
+        temp = float(ep_temperature.item())
         box_key = torch.empty(0, dtype=positions.dtype, device=positions.device)
         if boxvectors is not None:
             box_key = boxvectors
-        if self._hit(positions, box_key, step, temp):
+        hit = (step == self.cache_step and temp == self.cache_temperature
+               and self.cache_pos.shape == positions.shape and self.cache_pos.dtype == positions.dtype
+               and self.cache_pos.device == positions.device and self.cache_box.shape == box_key.shape)
+        if hit:
+            hit = bool(torch.equal(self.cache_pos, positions)) and bool(torch.equal(self.cache_box, box_key))
+        if hit:
             return self.cache_energy, self.cache_forces
+        nothing = torch.zeros_like(positions)
+        zero = torch.zeros([], dtype=positions.dtype, device=positions.device)
+        self.error = ""
+        if n != self.types.shape[0]:
+            self.error = f"engine_plugins: the learned-propagation force was built for {self.types.shape[0]} " \
+                         f"particles but the system has {n}; rebuild it with create_learned_integrator"
+            return zero, nothing
         if step < 1:
-            raise RuntimeError(f"engine_plugins: context parameter ep_step is {step - 1}; it must be >= 0")
+            self.error = f"engine_plugins: context parameter ep_step is {step - 1}; it must be >= 0"
+            return zero, nothing
         if not bool(torch.isfinite(positions).all()):
-            raise RuntimeError("engine_plugins: non-finite (NaN or inf) particle positions reached the learned "
-                               "propagator; the input coordinates are invalid")
+            self.error = "engine_plugins: non-finite (NaN or inf) particle positions reached the learned " \
+                         "propagator; the input coordinates are invalid"
+            return zero, nothing
         pos = positions.to(self.model_dtype) * self.nm_to_model
         box: Optional[torch.Tensor] = None
         if boxvectors is not None:
@@ -123,6 +133,7 @@ class _FlowForceBase(torch.nn.Module):
         types = self.types.to(positions.device)
         d = self.sampler(pos, types, box, temps, self.seed, step)
         self.evaluations += 1
+        self.error = self.sampler.failure
         forces = (d * self.model_to_force).to(positions.dtype)
         value = 0.0
         if self.report_retries:
@@ -137,25 +148,33 @@ class _FlowForceBase(torch.nn.Module):
         return energy, forces
 
 
-class OpenFlowForce(_FlowForceBase):
-    """Adapter for a system without periodic boundaries."""
+class OpenFlowForce(torch.nn.Module):
+    """TorchForce module for a system without periodic boundaries."""
+
+    def __init__(self, core: FlowForceCore) -> None:
+        super().__init__()
+        self.core = core
 
     def forward(self, positions: torch.Tensor, ep_step: torch.Tensor,
                 ep_temperature: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        out = self._compute(positions, None, ep_step, ep_temperature)
-        if self.sampler.failure != "":
-            raise RuntimeError(self.sampler.failure)
+        out = self.core(positions, None, ep_step, ep_temperature)
+        if self.core.error != "":
+            raise RuntimeError(self.core.error)
         return out
 
 
-class PeriodicFlowForce(_FlowForceBase):
-    """Adapter for a periodic system (OpenMM passes the box vectors, nm)."""
+class PeriodicFlowForce(torch.nn.Module):
+    """TorchForce module for a periodic system (OpenMM passes the box vectors, nm)."""
+
+    def __init__(self, core: FlowForceCore) -> None:
+        super().__init__()
+        self.core = core
 
     def forward(self, positions: torch.Tensor, boxvectors: torch.Tensor, ep_step: torch.Tensor,
                 ep_temperature: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        out = self._compute(positions, boxvectors, ep_step, ep_temperature)
-        if self.sampler.failure != "":
-            raise RuntimeError(self.sampler.failure)
+        out = self.core(positions, boxvectors, ep_step, ep_temperature)
+        if self.core.error != "":
+            raise RuntimeError(self.core.error)
         return out
 
 
@@ -262,7 +281,7 @@ def _make_force(art: Artifact, role: str, type_idx: list[int], periodic: bool, s
     except (SamplerError, UnitError) as exc:
         raise LearnedPropagationError(str(exc)) from exc
     cls = PeriodicFlowForce if periodic else OpenFlowForce
-    module = torch.jit.script(cls(sampler, type_idx, nm_to_model, seed, report_retries))
+    module = torch.jit.script(cls(FlowForceCore(sampler, type_idx, nm_to_model, seed, report_retries)))
     force = openmmtorch.TorchForce(module)
     force.setOutputsForces(True)
     force.setUsesPeriodicBoundaryConditions(bool(periodic))

@@ -104,12 +104,6 @@ class FlowSampler(torch.nn.Module):
         s = self.scale[types] * torch.sqrt(kt / self.mass[types])
         return s * self.angstrom_to_model
 
-    def _velocity(self, x: torch.Tensor, x_cond: torch.Tensor, types: torch.Tensor, edge_index: torch.Tensor,
-                  edge_shift: torch.Tensor, t: float, temperature: torch.Tensor) -> torch.Tensor:
-        # torch.full, not torch.tensor: TorchScript rounds torch.tensor(float) through float32
-        tt = torch.full([], t, dtype=x.dtype, device=x.device)
-        return self.model(x, x_cond, types, edge_index, edge_shift, tt, temperature, x.shape[0])
-
     def forward(self, x_cond: torch.Tensor, types: torch.Tensor, box: Optional[torch.Tensor],
                 temperature: torch.Tensor, seed: int, step: int) -> torch.Tensor:
         n = x_cond.shape[0]
@@ -121,7 +115,10 @@ class FlowSampler(torch.nn.Module):
             box = box.to(self.model_dtype)
         edge_index, edge_shift = self.graph(x_cond, box)
         tags = torch.arange(1, n + 1, dtype=torch.long, device=x_cond.device)
-        sigma = self.sigma(types, temp)[:, None]
+        # the prior width as in sigma() (inlined: no helper-method calls, see FlowForceCore in
+        # engines/openmm_propagate.py)
+        kt = self.kb * temp.to(self.scale.dtype)
+        sigma = (self.scale[types] * torch.sqrt(kt / self.mass[types]) * self.angstrom_to_model)[:, None]
         m = self.mass[types].to(self.model_dtype)[:, None]
         h = 1.0 / self.flow_steps
         reason = ""
@@ -131,10 +128,13 @@ class FlowSampler(torch.nn.Module):
             x = x_cond + (sigma * z).to(self.model_dtype)
             for k in range(self.flow_steps):
                 t = k * h
-                v = self._velocity(x, x_cond, types, edge_index, edge_shift, t, temp)
+                # torch.full, not torch.tensor: TorchScript rounds torch.tensor(float) through float32
+                tt = torch.full([], t, dtype=x.dtype, device=x.device)
+                v = self.model(x, x_cond, types, edge_index, edge_shift, tt, temp, n)
                 if self.heun:
                     xp = x + h * v
-                    vp = self._velocity(xp, x_cond, types, edge_index, edge_shift, t + h, temp)
+                    th = torch.full([], t + h, dtype=x.dtype, device=x.device)
+                    vp = self.model(xp, x_cond, types, edge_index, edge_shift, th, temp, n)
                     x = x + (0.5 * h) * (v + vp)
                 else:
                     x = x + h * v

@@ -89,12 +89,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return bench_generate(model=args.model, data=args.data, molecules=args.molecules, nfe=args.nfe,
                               sampler=args.sampler, sigma_start=args.sigma_start, rounds=args.rounds,
                               output=args.output)
-    if args.what == "generate":
-        from engine_plugins.bench.generate import main as bench_generate
-
-        return bench_generate(model=args.model, data=args.data, molecules=args.molecules, nfe=args.nfe,
-                              sampler=args.sampler, sigma_start=args.sigma_start, rounds=args.rounds,
-                              output=args.output)
     raise SystemExit(f"unknown benchmark '{args.what}'")
 
 

@@ -643,10 +643,11 @@ def _train(cfg: GPFFTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
     return path
 
 
-def export_checkpoint(checkpoint: Union[str, Path], path: Union[str, Path], ema: bool = True) -> Path:
+def export_checkpoint(checkpoint: Union[str, Path], path: Union[str, Path], ema: bool = True,
+                      sampler: Optional[Dict[str, Any]] = None) -> Path:
     """Export a training checkpoint (EMA weights by default) as a ``pseudo_force`` artifact, e.g. to
     evaluate a run while it trains. The data set named in the checkpoint's config is re-read for the
-    prior fit."""
+    prior fit. ``sampler`` overrides the config's sampler defaults (e.g. a measured ``sigma_start``)."""
     from engine_plugins.export.artifact import export_artifact
     from engine_plugins.methods.gpff.model import (GPFFModelConfig, SamplerDefaults, build_gpff_model,
                                                    gpff_metadata, script_gpff_model)
@@ -661,7 +662,8 @@ def export_checkpoint(checkpoint: Union[str, Path], path: Union[str, Path], ema:
     model.load_state_dict(state)
     model.eval()
     train_mols, _, _ = load_molecules(cfg.data)
-    meta = gpff_metadata(mcfg, cfg.noise, SamplerDefaults.from_dict(cfg.sampler), prior=prior_fit(train_mols),
+    meta = gpff_metadata(mcfg, cfg.noise, SamplerDefaults.from_dict({**cfg.sampler, **(sampler or {})}),
+                         prior=prior_fit(train_mols),
                          provenance={"checkpoint": str(checkpoint), "steps": int(saved["step"]), "ema": ema,
                                      "train_config": cfg.to_dict()})
     return export_artifact(script_gpff_model(model), meta, Path(path))

@@ -99,7 +99,8 @@ def cli_tasks(args: argparse.Namespace, type_names: Sequence[str]) -> List[Gener
             symbols, init = list(s.symbols), np.array(s.positions, float)
             fixed = None
             if args.fixed:
-                fixed = np.ones(len(symbols), bool) if args.fixed == "given" else parse_indices(args.fixed, len(symbols))
+                fixed = (np.ones(len(symbols), bool) if args.fixed == "given"
+                         else parse_indices(args.fixed, len(symbols)))
             if args.add:
                 extra = formula_symbols(args.add)
                 symbols += extra
@@ -235,7 +236,8 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
         cells = []
         for n in nfes:
             r = [x for x in rows if x["engine"] == eng and x["sampler"] == smp and x["nfe_requested"] == n]
-            cells.append("" if not r else f"{100 * r[0]['valid']:.0f} % ({100 * (r[0]['valid_and_same_graph'] or 0):.0f} %)")
+            same = 100 * (r[0]["valid_and_same_graph"] or 0) if r else 0
+            cells.append("" if not r else f"{100 * r[0]['valid']:.0f} % ({same:.0f} %)")
         lines.append(f"| {eng} | {smp} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

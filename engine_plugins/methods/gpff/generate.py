@@ -218,8 +218,8 @@ def _pack(art: Any, tasks: Sequence[GenerationTask], starts: Sequence[np.ndarray
     types = torch.tensor([names.index(s) for t in tasks for s in t.symbols], dtype=torch.long)
     seg = torch.cat([torch.full((len(t.symbols),), k, dtype=torch.long) for k, t in enumerate(tasks)])
     x = torch.tensor(np.concatenate(starts), dtype=torch.float64)
-    fixed = torch.tensor(np.concatenate([np.zeros(len(t.symbols), bool) if t.fixed is None else np.asarray(t.fixed, bool)
-                                         for t in tasks]))
+    fixed = torch.tensor(np.concatenate([np.zeros(len(t.symbols), bool) if t.fixed is None
+                                         else np.asarray(t.fixed, bool) for t in tasks]))
     return x, types, seg, fixed
 
 
@@ -361,8 +361,9 @@ def generate(model: Any, tasks: Sequence[GenerationTask], *, engine: str = "stan
     """Generate every task with one engine; positions in A, one array per task.
 
     ``sigma_start``: the starting noise level (default: the model's ``role_fields.generation.sigma_start``,
-    else its ``sigma_max``, when any atom is unknown, else ``"auto"``, estimated from the force at the given structure). ``eta`` (ancestral):
-    1 = stochastic (standalone default), 0 = deterministic (the only choice inside the engines).
+    else its ``sigma_max``, when any atom is unknown, else ``"auto"``, estimated from the force at the
+    given structure). ``eta`` (ancestral): the model's ``generation.eta``, else 1 = stochastic
+    (standalone) / 0 = deterministic (the only choice inside the engines).
     """
     if engine not in ENGINES:
         raise GenerationError(f"engine '{engine}': use one of {', '.join(ENGINES)}")
@@ -372,8 +373,9 @@ def generate(model: Any, tasks: Sequence[GenerationTask], *, engine: str = "stan
     for t in tasks:
         check_task(t, art.metadata.type_names)
     st = sampler_settings(art, sampler, nfe, sigma_min, schedule, rho, step)
-    if eta is None:
-        eta = 1.0 if engine == "standalone" else 0.0
+    if eta is None:  # the model's tested setting, else stochastic standalone / deterministic engines
+        eta = (art.metadata.role_fields.get("generation") or {}).get("eta")
+        eta = float(eta) if eta is not None else (1.0 if engine == "standalone" else 0.0)
     complete = all(t.init is not None and np.isfinite(np.asarray(t.init, float)).all() for t in tasks)
     if sigma_start is None:
         sigma_start = "auto" if complete else st["sigma_start"]

@@ -211,6 +211,8 @@ class SamplerDefaults:
     schedule: str = "karras"
     rho: float = 7.0
     denoise_step: float = 0.5
+    sigma_start: Optional[float] = None  # generation from noise starts here (None: sigma_max)
+    eta: Optional[float] = None  # ancestral noise of the tested setting (None: 1 standalone, 0 engines)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -256,6 +258,9 @@ def gpff_metadata(model_config: GPFFModelConfig, noise: Optional[NoiseConfig] = 
     }
     if prior is not None:
         role_fields["prior"] = dict(prior)
+    if sampler.sigma_start is not None or sampler.eta is not None:
+        role_fields["generation"] = {k: v for k, v in (("sigma_start", sampler.sigma_start), ("eta", sampler.eta))
+                                     if v is not None}
     return ArtifactMetadata(
         role="pseudo_force", method=METHOD_NAME, type_names=list(cfg.type_names), cutoff=float(cfg.r_max),
         num_message_passing_layers=int(cfg.num_layers), units=dict(PSEUDO_ENERGY_UNITS),

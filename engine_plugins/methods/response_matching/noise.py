@@ -6,13 +6,16 @@ tests share.
 Pseudo-energy of a noisy crystal (positions ``x`` [N, 3], cell ``h`` [3, 3], rows = cell vectors)
 around its reference (fractional coordinates ``s0``, cell ``h0``)::
 
-    E(x, h) = (k/2) sum_i |d_i|^2  +  (k_eps/2) |eps|_F^2  +  E_rep(x, h)
+    E(x, h) = (k/2) sum_i |u_i|^2  +  (k_eps/2) |eps|_F^2  +  E_rep(x, h)
 
-* ``d_i``: the displacement of atom i from its reference site *in the current cell*,
-  ``delta_i = x_i - s0_i h`` taken to the nearest image (fractional rounding, exact minimum image
-  for the near-cubic cells used here), minus the mean over atoms (``d_i = delta_i - mean(delta)``:
-  translation-free, so the target forces sum to zero as a translation-invariant model needs; no
-  rotation is removed because a symmetric strain has none and the cell fixes the orientation).
+* ``u_i = (s_i - s0_i - mean_j(s_j - s0_j)) h0``: the displacement of atom i from its reference
+  site, measured in fractional coordinates ``s = x h^-1`` (nearest image by rounding) and expressed
+  in the *reference* cell's metric; the mean over atoms is removed (translation-free: the target
+  forces sum to zero, as a translation-invariant model needs; no rotation is removed because a
+  symmetric strain has none and the cell fixes the orientation). Measured this way the site term
+  does not change under a homogeneous strain of the whole structure, so displacements and cell
+  strain are decoupled: the pseudo-forces point back to the reference sites and the pseudo-stress
+  points back to the reference cell, each on its own.
 * ``eps = sym(h0^-1 h - I)`` (row convention ``h = h0 (I + eps)``): the cell strain from the
   reference cell. ``k_eps = strain_stiffness * k * N * l^2`` with ``l = (V0/N)^(1/3)``, i.e. a
   strain ``eps`` costs what displacing every atom by ``l |eps|`` would: extensive, and learnable
@@ -26,22 +29,22 @@ around its reference (fractional coordinates ``s0``, cell ``h0``)::
 
 Response (the training targets), with ``k = 1 eV/A^2``:
 
-* pseudo-forces ``F_i = -dE/dx_i = -k d_i + F_rep,i`` (eV/A; the quadratic part is the
-  displacement back to the reference site, in A);
+* pseudo-forces ``F_i = -dE/dx_i = -k u_i h0^T h^-T + F_rep,i`` (eV/A; for an unstrained cell the
+  quadratic part is the displacement back to the reference site, in A);
 * strain derivative ``D = dE/d(eta)`` [3, 3] for a homogeneous strain ``x -> x (I + eta)``,
   ``h -> h (I + eta)`` applied to the current structure:
-  ``D = k sum_i d_i (x) d_i + k_eps (I + A)^T eps + sum_pairs phi'(r) r (x) r / r`` with
-  ``A = h0^-1 h - I``; the pseudo-stress is ``sigma = D / V`` (eV/A^3, ASE's sign: positive when
-  the cell wants to shrink). LAMMPS's virial is ``W = sum r (x) f = -D``, so its pressure tensor is
-  ``-sigma`` (times the unit factor). It points back to the reference cell: for a stretched cell
-  ``sigma > 0`` and a cell relaxation shrinks it.
+  ``D = k_eps (I + A)^T eps + sum_pairs phi'(r) r (x) r / r`` with ``A = h0^-1 h - I``; the
+  pseudo-stress is ``sigma = D / V`` (eV/A^3, ASE's sign: positive when the cell wants to shrink).
+  LAMMPS's virial is ``W = sum r (x) f = -D``, so its pressure tensor is ``-sigma`` (times the unit
+  factor). For a stretched cell ``sigma > 0`` and a cell relaxation shrinks it.
 
 Noise (per structure): displacement scale ``sigma`` from a log-uniform ladder over
 ``[sigma_min, sigma_max] = [0.1, 3.2] A`` (per Cartesian component, Gaussian, centroid removed) and
 a random symmetric strain ``eps = s (G + G^T)/2`` (G standard normal) with ``s`` log-uniform in
 ``[strain_min, strain_max] = [0.002, 0.1]``. Loss per structure: ``w_f(sigma) mean (F - F*)^2``
 with ``w_f = min(sigma^-2, weight_cap)``, plus ``stress_weight * mean ((D - D*)/N)^2 /
-(k (sigma^2 + l^2 s))^2`` (both relative to the size of the response at that noise level).
+(k (sigma^2 + l^2 s))^2`` (both relative to the size of the response at that noise level; sigma^2 in
+the stress scale accounts for the repulsion's share at large noise).
 """
 
 from __future__ import annotations
@@ -150,10 +153,13 @@ def min_image(delta: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     return (f - torch.round(f)) @ cell
 
 
-def displacements(x: torch.Tensor, cell: torch.Tensor, ref_frac: torch.Tensor) -> torch.Tensor:
-    """``d_i``: minimum-image displacement from the reference sites in the current cell, mean removed."""
-    delta = min_image(x - ref_frac @ cell, cell)
-    return delta - delta.mean(0, keepdim=True)
+def displacements(x: torch.Tensor, cell: torch.Tensor, ref_frac: torch.Tensor, ref_cell: torch.Tensor) -> torch.Tensor:
+    """``u_i``: site displacements in fractional coordinates (nearest image, mean removed), in the
+    reference cell's metric (A)."""
+    ds = x @ torch.linalg.inv(cell) - ref_frac
+    ds = ds - torch.round(ds)
+    ds = ds - ds.mean(0, keepdim=True)
+    return ds @ ref_cell
 
 
 def cell_strain(cell: torch.Tensor, ref_cell: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -195,10 +201,10 @@ def pseudo_energy(x: torch.Tensor, cell: torch.Tensor, ref_frac: torch.Tensor, r
     The repulsion needs the pairs within ``max(radii)``: pass a full edge list covering them, or
     leave it None to build one (periodic images included) here.
     """
-    d = displacements(x, cell, ref_frac)
+    u = displacements(x, cell, ref_frac, ref_cell)
     _, eps = cell_strain(cell, ref_cell)
     k_eps = strain_stiffness(x.shape[0], ref_cell, cfg)
-    e = 0.5 * SPRING_CONSTANT * d.square().sum() + 0.5 * k_eps * eps.square().sum()
+    e = 0.5 * SPRING_CONSTANT * u.square().sum() + 0.5 * k_eps * eps.square().sum()
     if edge_index is None or edge_shift is None:
         edge_index, shift_cells = periodic_neighbor_list(x.detach(), cell.detach(), float(radii.max()))
         edge_shift = shift_cells.to(x.dtype) @ cell  # differentiable in the cell
@@ -217,13 +223,15 @@ def response_targets(x: torch.Tensor, cell: torch.Tensor, ref_frac: torch.Tensor
     the repulsion radius (the model's graph does, its cutoff being larger).
     """
     k = SPRING_CONSTANT
-    d = displacements(x, cell, ref_frac)
+    u = displacements(x, cell, ref_frac, ref_cell)
     a, eps = cell_strain(cell, ref_cell)
     k_eps = strain_stiffness(x.shape[0], ref_cell, cfg)
     e_rep, f_rep, d_rep = repulsion_terms(x, types, edge_index, edge_shift, radii, cfg.repulsion_strength)
-    energy = 0.5 * k * d.square().sum() + 0.5 * k_eps * eps.square().sum() + e_rep
-    forces = -k * d + f_rep
-    dmat = k * d.T @ d + k_eps * (torch.eye(3, dtype=x.dtype) + a).T @ eps + d_rep
+    energy = 0.5 * k * u.square().sum() + 0.5 * k_eps * eps.square().sum() + e_rep
+    # dE/dx_i = k u_i (h^-1 h0)^T (the mean removal drops out: sum_j u_j = 0)
+    forces = -k * u @ (torch.linalg.solve(cell, ref_cell)).T + f_rep
+    # the site term is invariant under x -> x (I + eta), h -> h (I + eta): only strain and repulsion
+    dmat = k_eps * (torch.eye(3, dtype=x.dtype) + a).T @ eps + d_rep
     return energy, forces, dmat
 
 

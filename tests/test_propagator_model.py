@@ -302,6 +302,41 @@ def test_exact_resume_after_a_kill(tmp_path):
         train_flow(changed, data=data)
 
 
+def test_init_from_artifact_or_checkpoint_fine_tunes_and_refuses_another_architecture(tmp_path):
+    """train.init_from: an exported artifact (the shipped float64 TorchScript propagator) or a
+    checkpoint seeds a new run (cast to the training dtype); mismatches fail clearly."""
+    from engine_plugins.train.propagator import train_flow
+
+    shipped = Path(__file__).resolve().parents[1] / "exported_models" / "propagator_transport.pt"
+    data = _flow_data()
+    tuned = _config(tmp_path / "tuned", steps=0, val_jump_frames=0, init_from=str(shipped))
+    tuned["model"] = {"model_dtype": "float32"}  # the architecture comes from the artifact
+    train_flow(tuned, data=data)
+    st = _state(tmp_path / "tuned/checkpoints/last.pt")
+    art = load_artifact(shipped)
+    assert st["init_from"]["kind"] == "artifact" and st["init_from"]["content_hash"] == art.metadata.content_hash
+    assert st["model_config"]["num_features"] == art.metadata.provenance["flow_model_config"]["num_features"]
+    src = art.module.state_dict()
+    assert st["model_config"]["model_dtype"] == "float32"
+    assert st["model"]["backbone.type_embed.embed_module.weight"].dtype == torch.float32
+    for k, v in st["model"].items():
+        assert torch.allclose(v.double(), src[k].double(), rtol=1e-6, atol=1e-7), k
+    # a checkpoint: its EMA weights are the start
+    ck = _config(tmp_path / "ck", steps=0, val_jump_frames=0, init_from=str(tmp_path / "tuned/checkpoints/last.pt"))
+    ck["model"] = {"model_dtype": "float32"}
+    train_flow(ck, data=data)
+    sb = _state(tmp_path / "ck/checkpoints/last.pt")
+    assert sb["init_from"] == {"kind": "checkpoint", "path": str(tmp_path / "tuned/checkpoints/last.pt"), "steps": 0}
+    for k, v in st["ema"].items():
+        assert torch.equal(sb["model"][k], v), k
+    # another architecture or role: a clear error, no silent partial load
+    wider = _config(tmp_path / "wider", steps=0, init_from=str(shipped))  # num_features 8 != 16
+    with pytest.raises(ValueError, match="architecture differs.*num_features"):
+        train_flow(wider, data=data)
+    with pytest.raises(ValueError, match="'propagator' artifact"):
+        train_flow(_config(tmp_path / "corr", role="corrector", steps=0, init_from=str(shipped)), data=data)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -44,6 +44,11 @@ Checkpoints: every ``checkpoint_every`` steps and on exit (end, Ctrl-C, SIGTERM 
 scales); the same command resumes from it, and training k steps, being killed and resuming gives
 bit-identical weights to training straight through.
 
+Fine-tuning: ``train.init_from`` starts a new run from another run's weights, a checkpoint (its EMA
+weights) or an exported artifact (the TorchScript weights, cast to ``model.model_dtype``); the
+architecture and per-type scales come from there (a config ``model`` option that differs is an
+error), optimizer, schedule, EMA and step count start afresh; the artifact records ``init_from``.
+
 Distributed (``torchrun``): every rank draws the same global batch and noise from the same
 generator and evaluates its share of the frame pairs (``idx[rank::world]``); DDP averages the
 gradients, so with frames of equal size the update equals the single-process one (up to rounding
@@ -148,6 +153,11 @@ class TrainOptions:
     threads: Optional[int] = 1
     progress: bool = True
     max_minutes: Optional[float] = None
+    # fine-tuning: a new run that starts from a previous run's weights, either a training checkpoint
+    # (its EMA weights) or an exported artifact (.pt TorchScript of the same role and method); the
+    # architecture, per-type scales and type names come from there (cast to model.model_dtype);
+    # optimizer, scheduler, EMA and steps start afresh. A checkpoint in output_dir (resume) wins.
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -621,6 +631,81 @@ def _checkpoint_state(step: int, model, ema: _EMA, opt, sched, gen, cfg: FlowTra
             "model_config": mcfg, "prior_per_case": prior.per_case, "history": history, "best_val_loss": best}
 
 
+#: model options that do not change the network's parameters (may differ from the init_from source)
+_INIT_FREE_KEYS = ("model_dtype", "avg_num_neighbors", "disp_scale", "out_scale", "seed")
+
+
+def load_init_weights(path: Union[str, Path], cfg: FlowTrainConfig, type_names: Sequence[str]
+                      ) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], Dict[str, Any]]:
+    """(model config, weights, description) of ``train.init_from``: a training checkpoint (its EMA
+    weights) or an exported artifact of the same role and method. Raises ValueError when the role,
+    method, type names or architecture differ from this run's."""
+    import zipfile
+
+    from engine_plugins.export.artifact import METADATA_FILE, load_artifact, read_metadata
+    from engine_plugins.methods.propagator.model import METHOD_NAME
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"train.init_from: {path} does not exist. Fix: a checkpoint (checkpoints/last.pt) "
+                                "or an exported artifact (.pt)")
+    is_artifact = False
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            is_artifact = any(n.endswith("extra/" + METADATA_FILE) for n in zf.namelist())
+    state: Optional[Dict[str, torch.Tensor]] = None
+    if is_artifact:
+        meta = read_metadata(path)
+        want_method = METHOD_NAME if cfg.role == "propagator" else None
+        if meta.role != cfg.role or (want_method and meta.method != want_method):
+            raise ValueError(f"train.init_from: {path} is a '{meta.role}' artifact (method {meta.method!r}); this "
+                             f"run trains a '{cfg.role}'. Fix: start from an artifact of the same role")
+        mc = (meta.provenance or {}).get("flow_model_config")
+        if not isinstance(mc, dict):
+            raise ValueError(f"train.init_from: {path} records no flow_model_config in its provenance, so its "
+                             "architecture is unknown. Fix: start from a training checkpoint")
+        desc = {"kind": "artifact", "path": str(path), "content_hash": meta.content_hash,
+                "steps": (meta.provenance or {}).get("steps")}
+    else:
+        saved = load_checkpoint(path)
+        if not isinstance(saved, dict) or "model_config" not in saved:
+            raise ValueError(f"train.init_from: {path} is neither an exported artifact nor a training checkpoint")
+        if saved.get("config", {}).get("role", cfg.role) != cfg.role:
+            raise ValueError(f"train.init_from: {path} is a checkpoint of a '{saved['config']['role']}' run; this "
+                             f"run trains a '{cfg.role}'")
+        mc = saved["model_config"]
+        state = dict(saved["model"])
+        state.update(saved["ema"])
+        desc = {"kind": "checkpoint", "path": str(path), "steps": int(saved["step"])}
+    if list(mc.get("type_names", [])) != list(type_names):
+        raise ValueError(f"train.init_from: {path} has type names {mc.get('type_names')}, the data {list(type_names)}. "
+                         "Fix: the same types in the same order")
+    differ = {k: (mc.get(k), v) for k, v in cfg.model.items()
+              if k not in _INIT_FREE_KEYS and k in mc and mc.get(k) != v}
+    if differ:
+        raise ValueError(f"train.init_from: the architecture differs from {path} in model option(s) "
+                         f"{ {k: {'init_from': a, 'config': b} for k, (a, b) in differ.items()} }. Fix: drop "
+                         "these keys from the config's model section (they come from init_from) or start afresh")
+    if state is None:  # the artifact's weights (TorchScript load, content hash verified)
+        state = dict(load_artifact(path).module.state_dict())
+    mc = {**mc, "model_dtype": cfg.model.get("model_dtype", mc.get("model_dtype", "float64"))}
+    return mc, state, desc
+
+
+def _load_init_state(model: Any, state: Dict[str, torch.Tensor], path: str) -> None:
+    """Copy the init_from weights into the eager model (cast to its dtype); every parameter and
+    buffer must be there with its shape (extra entries: the constants TorchScript adds)."""
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state)
+    bad = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or bad:
+        raise ValueError(f"train.init_from: {path} does not fit the model: missing {missing[:5]}, shape differs "
+                         f"{[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in bad[:5]]}")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(state[k].to(device=v.device, dtype=v.dtype))
+
+
 def _same_run(saved: Dict[str, Any], cfg: FlowTrainConfig) -> None:
     old = saved["config"]
     for key in ("role", "seed", "data", "model", "prior", "corrector"):
@@ -693,7 +778,13 @@ def _train(cfg: FlowTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
         _same_run(saved, cfg)
         mcfg = FlowModelConfig.from_dict(saved["model_config"])
         prior.per_case = {k: dict(v) for k, v in saved["prior_per_case"].items()}
-    else:
+    init_state: Optional[Dict[str, torch.Tensor]] = None
+    init_desc: Optional[Dict[str, Any]] = None
+    if saved is None and opts.init_from:
+        init_mc, init_state, init_desc = load_init_weights(opts.init_from, cfg, data.type_names)
+        mcfg = FlowModelConfig.from_dict(init_mc)
+        prior.fit_adaptive(data.train)
+    elif saved is None:
         mcfg = FlowModelConfig.from_dict(mcfg_dict)
         prior.fit_adaptive(data.train)
         _data_scales(cfg, data, prior, mcfg)
@@ -704,12 +795,16 @@ def _train(cfg: FlowTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(opts))
+    if init_state is not None:  # fine-tuning: the previous run's (EMA) weights as the start
+        _load_init_state(model, init_state, str(opts.init_from))
+        init_state = None
     ema = _EMA(model, opts.ema_decay)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     history: List[Dict[str, Any]] = []
     best: Optional[float] = None
     step = 0
     if saved is not None:
+        init_desc = saved.get("init_from")
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
@@ -729,6 +824,7 @@ def _train(cfg: FlowTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
         if not main_rank:
             return
         state = _checkpoint_state(step, model, ema, opt, sched, gen, cfg, mcfg.to_dict(), prior, history, best)
+        state["init_from"] = init_desc
         save_checkpoint(state, ckpt_dir / "last.pt")
         if periodic:
             save_checkpoint(state, ckpt_dir / f"step_{step:08d}.pt")
@@ -817,7 +913,7 @@ def _train(cfg: FlowTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
     checkpoint(periodic=False)
     if not main_rank or cfg.export.path is None:
         return None
-    return export_flow_model(model, ema, cfg, mcfg, data, prior, history, step, stopped_early)
+    return export_flow_model(model, ema, cfg, mcfg, data, prior, history, step, stopped_early, init_desc)
 
 
 def flow_metadata(cfg: FlowTrainConfig, mcfg: Any, data: FlowData, prior: PriorTable,
@@ -864,7 +960,8 @@ def _max_displacement(cfg: FlowTrainConfig, data: FlowData) -> float:
 
 
 def export_flow_model(model: Any, ema: _EMA, cfg: FlowTrainConfig, mcfg: Any, data: FlowData, prior: PriorTable,
-                      history: List[Dict[str, Any]], step: int, stopped_early: bool) -> Path:
+                      history: List[Dict[str, Any]], step: int, stopped_early: bool,
+                      init_from: Optional[Dict[str, Any]] = None) -> Path:
     """Script the EMA weights and write the artifact (and ``copy_to``)."""
     from engine_plugins.export.artifact import export_artifact
     from engine_plugins.methods.propagator.model import script_flow_model
@@ -882,6 +979,8 @@ def export_flow_model(model: Any, ema: _EMA, cfg: FlowTrainConfig, mcfg: Any, da
                         "val_per_case": val.get("per_case"), "val_jumps": val.get("jumps"),
                         "train_loss_avg": final.get("loss_avg")},
         }
+        if init_from:
+            provenance["init_from"] = init_from
         export_model, export_cfg = model, mcfg
         if cfg.export.dtype is not None and cfg.export.dtype != mcfg.model_dtype:
             # the same weights in another dtype (e.g. trained in float32 for speed, shipped in float64)
@@ -906,6 +1005,17 @@ def export_flow_model(model: Any, ema: _EMA, cfg: FlowTrainConfig, mcfg: Any, da
         ema.swap(model)
         model.train()
     return path
+
+
+def _init_line(init: Optional[Dict[str, Any]]) -> Optional[str]:
+    if not init:
+        return None
+    what = f"artifact `{init.get('path')}`" + (f" ({str(init.get('content_hash'))[:23]}...)"
+                                                if init.get("content_hash") else "")
+    if init.get("kind") == "checkpoint":
+        what = f"checkpoint `{init.get('path')}`"
+    before = f" after {init['steps']} steps of its own training" if init.get("steps") is not None else ""
+    return f"- fine-tuned (train.init_from) from the {what}{before}; the steps above are the fine-tuning steps"
 
 
 def write_model_card(artifact: Union[str, Path], path: Union[str, Path], command: str = "",
@@ -956,6 +1066,7 @@ def write_model_card(artifact: Union[str, Path], path: Union[str, Path], command
               + f", batch {tr.get('batch_size')} frame pairs, AdamW lr {tr.get('lr')} (warm-up + cosine), "
               f"grad clip {tr.get('grad_clip')}, EMA {tr.get('ema_decay')}, loss weighting `{tr.get('loss_weighting')}`, "
               f"seed {tc.get('seed')}",
+              _init_line(prov.get("init_from")),
               f"- command: `{command}`" if command else "", ""]
     at = f" at step {met['val_step']}" if met.get("val_step") is not None else ""
     lines += [f"## Validation (held-out cases, EMA weights, fixed noise{at})", "",

@@ -172,4 +172,9 @@ def run_demo(output: Path, steps: int = 200) -> int:
         from engine_plugins.methods.gpff.demo_step import run_gpff_demo
 
         run_gpff_demo(output, MODELS / "gpff_qm9like.pt")
+    if (MODELS / "propagator_cg_water.pt").is_file():  # learned propagation of CG water in OpenMM and LAMMPS
+        from engine_plugins.methods.propagator.demo_step import run_propagation_demo
+
+        summary["learned_propagation"] = run_propagation_demo(output)
+        (output / "summary.json").write_text(json.dumps(summary, indent=2))
     return 0

@@ -82,6 +82,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return bench_propagate(args.systems, engines=args.engines, jumps=args.jumps, md_steps=args.md_steps,
                                threads=args.threads, model_transport=args.model_transport,
                                corrector_transport=args.corrector_transport, model_cg=args.model_cg,
+                               corrector_cg=args.corrector_cg,
                                no_corrector=args.no_corrector, output=args.output)
     if args.what == "generate":
         from engine_plugins.bench.generate import main as bench_generate

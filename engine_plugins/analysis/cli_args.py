@@ -46,4 +46,5 @@ def add_bench_propagate_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-transport", help="propagator (default exported_models/propagator_transport.pt)")
     g.add_argument("--corrector-transport", help="corrector (default exported_models/corrector_transport.pt if present)")
     g.add_argument("--model-cg", help="propagator (default exported_models/propagator_cg_water.pt)")
+    g.add_argument("--corrector-cg", help="corrector (default exported_models/corrector_cg_water.pt if present)")
     g.add_argument("--no-corrector", action="store_true", help="time the propagator alone")

@@ -37,7 +37,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent.parent
 DEFAULT_MODELS = {"transport": (REPO / "exported_models" / "propagator_transport.pt",
                                 REPO / "exported_models" / "corrector_transport.pt"),
-                  "cg": (REPO / "exported_models" / "propagator_cg_water.pt", None)}
+                  "cg": (REPO / "exported_models" / "propagator_cg_water.pt",
+                         REPO / "exported_models" / "corrector_cg_water.pt")}
 ENGINES = ("standalone", "openmm", "lammps")
 
 

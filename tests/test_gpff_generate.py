@@ -18,7 +18,8 @@ from engine_plugins.cli import main as cli_main
 from engine_plugins.export import ArtifactMetadata, export_artifact
 from engine_plugins.methods.gpff.analytic import script_quadratic
 from engine_plugins.methods.gpff.generate import (GenerationError, GenerationTask, check_generated,
-                                                  engine_coefficients, formula_symbols, generate)
+                                                  engine_ancestral_noise, engine_coefficients, formula_symbols,
+                                                  generate)
 from engine_plugins.methods.gpff.noise import rmsd
 
 FORMULA = "C2H6O"
@@ -72,6 +73,29 @@ def test_engine_coefficients_match_the_sigma_ladder():
     assert engine_coefficients("denoise", 3, 1.0, 0.05, step=0.4) == [0.4] * 3
     with pytest.raises(GenerationError, match="does not run inside the engines"):
         engine_coefficients("heun", 4, 1.0, 0.05)
+
+
+def test_stochastic_ancestral_in_openmm_injects_the_ladder_noise(ethanol_model):
+    c, up = engine_ancestral_noise(6, 1.5, 0.05, 1.0, "geometric")
+    sig = np.exp(np.linspace(np.log(1.5), np.log(0.05), 6)).tolist() + [0.0]
+    for k in range(5):  # sigma_down^2 + s_up^2 = sigma_{k+1}^2, sigma_down = (1 - c) sigma_k
+        assert abs(((1 - c[k]) * sig[k]) ** 2 + up[k] ** 2 - sig[k + 1] ** 2) < 1e-12 and up[k] > 0
+    assert c[-1] == 1.0 and up[-1] == 0.0
+    c0, up0 = engine_ancestral_noise(6, 1.5, 0.05, 0.0, "geometric")
+    assert np.allclose(c0, engine_coefficients("ancestral", 6, 1.5, 0.05, "geometric")) and not any(up0)
+    path, sym, x0 = ethanol_model
+    tasks = [GenerationTask(sym, name="noise")]
+    a, b = (generate(path, tasks, engine="openmm", sampler="ancestral", nfe=8, sigma_start=1.5, eta=1.0, seed=s)
+            for s in (1, 2))
+    # the same prior draw (seed 1) without noise
+    det = generate(path, tasks, engine="openmm", sampler="ancestral", nfe=8, sigma_start=1.5, eta=0.0, seed=1)
+    assert a.info["stochastic"] and not det.info["stochastic"]
+    # the exact model ends every path at ethanol, in an orientation set by the path: noise was injected
+    for r in (a, b, det):
+        assert float(rmsd(torch.tensor(r.positions[0]), x0)) < 1e-5
+    assert np.abs(a.positions[0] - det.positions[0]).max() > 1e-3
+    with pytest.raises(GenerationError, match="injects noise"):
+        generate(path, tasks, engine="lammps", sampler="ancestral", nfe=4, sigma_start=1.5, eta=1.0)
 
 
 @pytest.mark.parametrize("suffix,engine", [(".xyz", "standalone"), (".sdf", "openmm")])
@@ -142,7 +166,7 @@ def test_generate_bad_inputs_give_clear_errors(tmp_path, ethanol_model, capsys, 
     elif case == "bad_sampler_for_engine":
         args += ["--formula", FORMULA, "--engine", "lammps", "--sampler", "heun"]
     else:
-        args += ["--formula", FORMULA, "--engine", "openmm", "--sampler", "ancestral", "--eta", "1"]
+        args += ["--formula", FORMULA, "--engine", "lammps", "--sampler", "ancestral", "--eta", "1"]
     assert cli_main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("engine-plugins generate: error:")

@@ -32,8 +32,8 @@ def add_generate_arguments(s: argparse.ArgumentParser) -> None:
     smp.add_argument("--sigma-start", help="starting noise level in Å, or 'auto' (from the force of a complete "
                                            "structure); default: the model's generation.sigma_start (else "
                                            "sigma_max) from noise, auto for a structure")
-    smp.add_argument("--eta", type=float, help="ancestral noise (1 standalone default; 0 = deterministic, the "
-                                               "engines' only choice)")
+    smp.add_argument("--eta", type=float, help="ancestral noise (default: the model's generation.eta, else 1 "
+                                               "standalone / 0 engines; OpenMM takes eta > 0, LAMMPS only 0)")
     smp.add_argument("--step", type=float, help="denoise step (x += step*F; default from the model)")
     smp.add_argument("--renoise", type=float, default=0.0, help="denoise: re-noise fraction (standalone)")
     smp.add_argument("--schedule", choices=["karras", "geometric"])
@@ -53,12 +53,15 @@ def add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     s.add_argument("--nfe", type=int, nargs="+", default=list(NFE_LADDER))
     s.add_argument("--engines", nargs="+", choices=ENGINES, default=["standalone"],
-                   help="engines besides standalone run the deterministic samplers (ancestral eta=0, denoise)")
+                   help="engines besides standalone run ancestral (eta=0; OpenMM: --engine-eta) or denoise")
     s.add_argument("--engine-samplers", nargs="+", choices=ENGINE_SAMPLERS, default=["ancestral"])
     s.add_argument("--engine-nfe", type=int, nargs="+", help="NFE list for the engines (default: --nfe)")
     s.add_argument("--sigma-start", type=float, help="starting noise (Å; default: the model's "
                    "generation.sigma_start, else sigma_max)")
-    s.add_argument("--eta", type=float, default=None, help="standalone ancestral eta (default 1)")
+    s.add_argument("--eta", type=float, default=None, help="standalone ancestral eta (default: the model's "
+                   "generation.eta, else 1)")
+    s.add_argument("--engine-eta", type=float, default=0.0, help="ancestral eta inside OpenMM (noise from the "
+                   "CustomIntegrator; default 0 = deterministic); LAMMPS always runs eta 0")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--output", default="out/gpff_eval")
 

@@ -180,8 +180,9 @@ def generate_main(args: argparse.Namespace) -> int:
 def evaluate_validity(model: Any, tasks: Sequence[GenerationTask], samplers: Sequence[str], nfes: Sequence[int],
                       engines: Sequence[str] = ("standalone",), engine_samplers: Sequence[str] = ("ancestral",),
                       engine_nfes: Optional[Sequence[int]] = None, sigma_start: Optional[float] = None,
-                      eta: Optional[float] = None, seed: int = 0) -> List[Dict[str, Any]]:
-    """Validity per (engine, sampler, NFE) on ``tasks``: rows of summaries, timings and the exact NFE."""
+                      eta: Optional[float] = None, seed: int = 0, engine_eta: float = 0.0) -> List[Dict[str, Any]]:
+    """Validity per (engine, sampler, NFE) on ``tasks``: rows of summaries, timings and the exact NFE.
+    ``engine_eta``: ancestral noise inside OpenMM (LAMMPS always runs eta 0)."""
     from tqdm.auto import tqdm
 
     art = load_gpff(model)
@@ -191,11 +192,12 @@ def evaluate_validity(model: Any, tasks: Sequence[GenerationTask], samplers: Seq
             jobs += [(e, s, n) for s in engine_samplers for n in (engine_nfes or nfes)]
     rows = []
     for engine, smp, nfe in tqdm(jobs, desc="evaluate-gpff", unit="run"):
+        e_eta = eta if engine == "standalone" else (float(engine_eta) if engine == "openmm" else 0.0)
         res = generate(art, tasks, engine=engine, sampler=smp, nfe=nfe, sigma_start=sigma_start, seed=seed,
-                       eta=eta if engine == "standalone" else 0.0)
+                       eta=e_eta)
         summary, _ = check_generated(tasks, res.positions)
         rows.append({"engine": engine, "sampler": smp + ("" if engine == "standalone" or smp != "ancestral"
-                                                           else " (eta=0)"),
+                                                           else f" (eta={e_eta:g})"),
                      "nfe_requested": nfe, "nfe": res.nfe, "seconds": round(res.seconds, 3),
                      "molecules_per_s": round(len(tasks) / res.seconds, 4), **summary})
     return rows
@@ -248,19 +250,23 @@ def evaluate_main(args: argparse.Namespace) -> int:
         tasks = dataset_tasks(args.data, args.split, args.limit, args.seed)
         t0 = time.time()
         rows = evaluate_validity(art, tasks, args.samplers, args.nfe, args.engines, args.engine_samplers,
-                                 args.engine_nfe, args.sigma_start, args.eta, args.seed)
+                                 args.engine_nfe, args.sigma_start, args.eta, args.seed,
+                                 getattr(args, "engine_eta", 0.0))
     except (GenerationError, SamplerError) as exc:
         print(f"engine-plugins evaluate-gpff: error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     rf = art.metadata.role_fields
+    gen = rf.get("generation") or {}
     s0 = args.sigma_start if args.sigma_start is not None else (rf.get("generation") or {}).get(
         "sigma_start", rf.get("sigma_max"))
     title = (f"{Path(args.model).name}: {len(tasks)} held-out molecules ({args.split}), sigma_start {s0} Å")
     plot_validity(rows, out / "validity_vs_nfe.png", title)
     meta = {"model": str(args.model), "data": args.data, "split": args.split, "n_molecules": len(tasks),
-            "sigma_start": s0, "seed": args.seed, "eta_standalone": 1.0 if args.eta is None else args.eta,
+            "sigma_start": s0, "seed": args.seed, "eta_standalone": args.eta if args.eta is not None else float(gen["eta"]) if gen.get("eta") is not None
+            else 1.0,
+            "eta_openmm": getattr(args, "engine_eta", 0.0), "eta_lammps": 0.0,
             "wall_s": round(time.time() - t0, 1),
             "validity": "RDKit bond perception from 3D, sanitizes, neutral, no radicals, one fragment; "
                         "in parentheses: valid and the same molecular graph as the source molecule",

@@ -18,7 +18,9 @@ Engine schedules: ``denoise`` is ``x <- x + step * F`` each step; ``ancestral`` 
 (the deterministic, noise-free limit: an Euler step of the probability-flow ODE,
 ``x <- x + (1 - sigma_{k+1} / sigma_k) F``, last step ``x + F``) is a per-step coefficient that
 OpenMM sets as a ``CustomIntegrator`` global and LAMMPS as the ``fix nve`` timestep of each
-``run 1``. Stochastic (``eta > 0``), ``heun`` and ``adaptive`` sampling are standalone only.
+``run 1``. Stochastic ancestral (``eta > 0``) runs standalone and in OpenMM (the same ladder, plus
+``s_up * gaussian`` per step from the CustomIntegrator's own random numbers: the same distribution,
+not the same draws); ``heun`` and ``adaptive`` sampling are standalone only.
 Many molecules share one engine context, placed on a grid far enough apart that no pair of
 atoms from different molecules comes within the cutoff.
 """
@@ -199,6 +201,26 @@ def engine_coefficients(sampler: str, nfe: int, sigma0: float, sigma_min: float,
                           f"{', '.join(ENGINE_SAMPLERS)} (ancestral with eta=0) or --engine standalone")
 
 
+def engine_ancestral_noise(nfe: int, sigma0: float, sigma_min: float, eta: float, schedule: str = "karras",
+                           rho: float = 7.0) -> Tuple[List[float], List[float]]:
+    """``(c_k, s_up_k)`` of the stochastic ancestral step ``x <- x + c_k F + s_up_k z`` (``z`` ~ N(0, 1) per
+    coordinate), the standalone sampler's ladder: ``c_k = 1 - sigma_down/sigma_k``, ``sigma_down^2 +
+    s_up^2 = sigma_{k+1}^2``, ``s_up = eta * sigma_{k+1} sqrt(1 - sigma_{k+1}^2/sigma_k^2)``; last step ``x + F``."""
+    sig = sigma_ladder(int(nfe), sigma0, min(sigma_min, sigma0), schedule, rho).tolist()
+    cs, ups = [], []
+    for k in range(int(nfe)):
+        s, s_next = sig[k], sig[k + 1]
+        if s_next == 0.0:
+            cs.append(1.0)
+            ups.append(0.0)
+            continue
+        s_up = min(s_next, eta * math.sqrt(max(s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2, 0.0)))
+        s_down = math.sqrt(max(s_next ** 2 - s_up ** 2, 0.0))
+        cs.append(1.0 - s_down / s)
+        ups.append(s_up)
+    return cs, ups
+
+
 def estimate_sigma(art: Any, tasks: Sequence[GenerationTask], starts: Sequence[np.ndarray]) -> float:
     """Noise level of complete start structures from one force evaluation (``|F|^2 / dof``)."""
     x, types, seg, fixed = _pack(art, tasks, starts)
@@ -272,8 +294,11 @@ def run_standalone(art: Any, tasks: Sequence[GenerationTask], starts: Sequence[n
 
 
 def run_openmm(art: Any, tasks: Sequence[GenerationTask], starts: Sequence[np.ndarray], coeffs: Sequence[float],
-               sampler: str, platform: str = "Reference") -> GenerationResult:
-    """One OpenMM context holds every molecule; a CustomIntegrator does ``x += c_k f`` per step."""
+               sampler: str, platform: str = "Reference", noise: Optional[Sequence[float]] = None,
+               seed: int = 0) -> GenerationResult:
+    """One OpenMM context holds every molecule; a CustomIntegrator does ``x += c_k f`` per step, plus
+    ``noise[k] * gaussian`` (Å; OpenMM's per-degree-of-freedom normal draws, ``setRandomNumberSeed(seed)``)
+    for the stochastic ancestral schedule (``eta > 0``)."""
     import openmm as mm
     import openmm.unit as u
 
@@ -297,18 +322,26 @@ def run_openmm(art: Any, tasks: Sequence[GenerationTask], starts: Sequence[np.nd
     integ = mm.CustomIntegrator(0.0)
     integ.addGlobalVariable("c", 0.0)
     integ.addPerDofVariable("free", 1.0)
-    integ.addComputePerDof("x", "x + c*f*free")
+    if noise is not None:
+        integ.addGlobalVariable("su", 0.0)
+        integ.addComputePerDof("x", "x + c*f*free + su*gaussian*free")
+        integ.setRandomNumberSeed(int(seed) + 1)  # 0 would mean "pick a seed"
+    else:
+        integ.addComputePerDof("x", "x + c*f*free")
     ctx = mm.Context(system, integ, mm.Platform.getPlatformByName(platform))
     ctx.setPositions(pos * 0.1)
     if fixed.any():
         integ.setPerDofVariableByName("free", [mm.Vec3(*([0.0] * 3 if f else [1.0] * 3)) for f in fixed])
-    for c in coeffs:
+    for k, c in enumerate(coeffs):
         integ.setGlobalVariableByName("c", float(c) * unit)
+        if noise is not None:
+            integ.setGlobalVariableByName("su", float(noise[k]) / nm_to_model)  # A -> nm
         integ.step(1)
     x = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.angstrom)
     x = np.asarray(x, float)
     out = [p - o for p, o in zip(_split(x, tasks), offsets)]
-    return GenerationResult(out, len(coeffs), "openmm", sampler, time.perf_counter() - t0, {"platform": platform})
+    return GenerationResult(out, len(coeffs), "openmm", sampler, time.perf_counter() - t0,
+                            {"platform": platform, "stochastic": noise is not None})
 
 
 def run_lammps(art: Any, tasks: Sequence[GenerationTask], starts: Sequence[np.ndarray], coeffs: Sequence[float],
@@ -363,7 +396,7 @@ def generate(model: Any, tasks: Sequence[GenerationTask], *, engine: str = "stan
     ``sigma_start``: the starting noise level (default: the model's ``role_fields.generation.sigma_start``,
     else its ``sigma_max``, when any atom is unknown, else ``"auto"``, estimated from the force at the
     given structure). ``eta`` (ancestral): the model's ``generation.eta``, else 1 = stochastic
-    (standalone) / 0 = deterministic (the only choice inside the engines).
+    (standalone) / 0 = deterministic (engines; OpenMM also takes eta > 0, LAMMPS only 0).
     """
     if engine not in ENGINES:
         raise GenerationError(f"engine '{engine}': use one of {', '.join(ENGINES)}")
@@ -398,9 +431,9 @@ def generate(model: Any, tasks: Sequence[GenerationTask], *, engine: str = "stan
         if st["sampler"] not in ENGINE_SAMPLERS:
             raise GenerationError(f"sampler '{st['sampler']}' does not run inside {engine}; use one of "
                                   f"{', '.join(ENGINE_SAMPLERS)} or --engine standalone")
-        if st["sampler"] == "ancestral" and eta != 0:
+        if st["sampler"] == "ancestral" and eta != 0 and engine != "openmm":
             raise GenerationError(f"ancestral with eta={eta} injects noise, which the {engine} schedule does not; "
-                                  "use eta=0 (deterministic) or --engine standalone")
+                                  "use eta=0 (deterministic), --engine openmm or --engine standalone")
         if renoise:
             raise GenerationError(f"re-noising is standalone only; drop renoise for {engine}")
         extra = 0
@@ -411,8 +444,12 @@ def generate(model: Any, tasks: Sequence[GenerationTask], *, engine: str = "stan
             s0 = float(sigma_start)
         coeffs = engine_coefficients(st["sampler"], st["nfe"] - extra, s0, st["sigma_min"], st["schedule"],
                                      st["rho"], st["step"])
+        noise = None
+        if st["sampler"] == "ancestral" and eta != 0:  # OpenMM only (checked above)
+            coeffs, noise = engine_ancestral_noise(st["nfe"] - extra, s0, st["sigma_min"], float(eta),
+                                                   st["schedule"], st["rho"])
         if engine == "openmm":
-            res = run_openmm(art, tasks, starts, coeffs, st["sampler"])
+            res = run_openmm(art, tasks, starts, coeffs, st["sampler"], noise=noise, seed=seed)
         else:
             res = run_lammps(art, tasks, starts, coeffs, st["sampler"], workdir)
         res.nfe += extra
@@ -486,7 +523,7 @@ def write_generated(path: Union[str, Path], structures: Sequence[Any], results: 
 
 __all__ = [
     "ENGINES", "ENGINE_SAMPLERS", "GenerationError", "GenerationResult", "GenerationTask", "check_generated",
-    "check_task", "engine_coefficients", "estimate_sigma", "formula_symbols", "generate", "load_gpff",
+    "check_task", "engine_ancestral_noise", "engine_coefficients", "estimate_sigma", "formula_symbols", "generate", "load_gpff",
     "prior_coeff", "run_lammps", "run_openmm", "run_standalone", "sampler_settings", "start_positions",
     "structures_out", "write_generated",
 ]

@@ -264,8 +264,9 @@ def evaluate_main(args: argparse.Namespace) -> int:
     title = (f"{Path(args.model).name}: {len(tasks)} held-out molecules ({args.split}), sigma_start {s0} Å")
     plot_validity(rows, out / "validity_vs_nfe.png", title)
     meta = {"model": str(args.model), "data": args.data, "split": args.split, "n_molecules": len(tasks),
-            "sigma_start": s0, "seed": args.seed, "eta_standalone": args.eta if args.eta is not None else float(gen["eta"]) if gen.get("eta") is not None
-            else 1.0,
+            "sigma_start": s0, "seed": args.seed,
+            "eta_standalone": args.eta if args.eta is not None else (float(gen["eta"]) if gen.get("eta") is not None
+                                                                     else 1.0),
             "eta_openmm": getattr(args, "engine_eta", 0.0), "eta_lammps": 0.0,
             "wall_s": round(time.time() - t0, 1),
             "validity": "RDKit bond perception from 3D, sanitizes, neutral, no radicals, one fragment; "

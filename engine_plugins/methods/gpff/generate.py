@@ -523,7 +523,8 @@ def write_generated(path: Union[str, Path], structures: Sequence[Any], results: 
 
 __all__ = [
     "ENGINES", "ENGINE_SAMPLERS", "GenerationError", "GenerationResult", "GenerationTask", "check_generated",
-    "check_task", "engine_ancestral_noise", "engine_coefficients", "estimate_sigma", "formula_symbols", "generate", "load_gpff",
+    "check_task", "engine_ancestral_noise", "engine_coefficients", "estimate_sigma", "formula_symbols", "generate",
+    "load_gpff",
     "prior_coeff", "run_lammps", "run_openmm", "run_standalone", "sampler_settings", "start_positions",
     "structures_out", "write_generated",
 ]

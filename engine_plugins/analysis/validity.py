@@ -319,6 +319,8 @@ def summarize_validity(results: Sequence[MoleculeValidity]) -> dict[str, Any]:
     with_source = [r for r in results if r.same_graph is not None]
     out["valid_and_same_graph"] = float(np.mean([r.valid_and_same_graph for r in with_source])) if with_source else None
     out["connectivity_only"] = float(np.mean([r.bond_perception == "connectivity only" for r in results]))
+    # stricter: valid with no formal charge on any atom (no zwitterion such as [CH2-][OH2+])
+    out["valid_no_charged_atoms"] = float(np.mean([r.valid and r.n_charged_atoms == 0 for r in results]))
     return out
 
 

@@ -176,28 +176,45 @@ def _same_cell_positions(r1, r2):
     return dcell, np.abs(d - d.mean(0)).max()
 
 
+def _same_structure_up_to_rotation(r1, r2):
+    """Largest difference of the cell metric's lengths (A) and angles (deg), and largest minimum-image
+    difference of the fractional positions expressed in r1's cell (A). LAMMPS's triclinic box is lower
+    triangular: a box/relax ends at the same crystal as a symmetric-strain relaxation but rigidly rotated."""
+    g1, g2 = r1.cell @ r1.cell.T, r2.cell @ r2.cell.T
+    l1, l2 = np.sqrt(np.diag(g1)), np.sqrt(np.diag(g2))
+    a1, a2 = (np.degrees(np.arccos(np.clip(g / np.outer(ll, ll), -1, 1))) for g, ll in ((g1, l1), (g2, l2)))
+    f = r1.positions @ np.linalg.inv(r1.cell) - r2.positions @ np.linalg.inv(r2.cell)
+    f = f - np.round(f)
+    d = (f - f.mean(0)) @ r1.cell
+    return np.abs(l1 - l2).max(), np.abs(a1 - a2).max(), np.abs(d).max()
+
+
 needs_shipped = pytest.mark.skipif(not SHIPPED.is_file(), reason="exported_models/rm_crystals.pt not built yet")
 
 
 @needs_shipped
 def test_lammps_box_relax_reaches_the_standalone_relaxation(lammps_plugin):
     """Same trained model, same noisy start: LAMMPS minimize + fix box/relax and the standalone FIRE
-    with a free cell end at the same structure (tolerances: 2e-3 A for cell vectors and positions;
-    two different minimizers stopped at force 1e-4-1e-5 eV/A, not bit-equal)."""
+    with a free cell end at the same crystal (cell lengths and fractional positions within 2e-3 A,
+    angles within 0.05 deg; two different minimizers stopped at force 1e-4-1e-8 eV/A, not bit-equal).
+    Compared up to a rigid rotation: LAMMPS keeps its box lower triangular. MgO, not NaCl: the shipped
+    model's NaCl is nearly flat in shear (4 A cutoff, only the axis-aligned nearest neighbours), so two
+    minimizers need not stop at the same shear."""
     from engine_plugins.analysis.validity import match_crystal
     from engine_plugins.engines.relax_cell import relax_lammps
     from engine_plugins.methods.response_matching.relax import relax_structure
 
-    ref = build_crystal("NaCl-rocksalt", cutoff=None)
+    ref = build_crystal("MgO-rocksalt", cutoff=None)
     start = perturb_crystal(ref, displacement=0.1, strain=0.02, seed=11)
     r_sa = relax_structure(SHIPPED, start.symbols, start.positions, start.cell, relax_cell=True, fmax=1e-4,
                            max_steps=3000)
     r_lmp = relax_lammps(SHIPPED, start.symbols, start.positions, start.cell, box_relax=True, ftol=1e-7,
                          max_iterations=2000)
     assert r_sa.converged
-    dcell, dpos = _same_cell_positions(r_sa, r_lmp)
-    assert dcell < 2e-3 and dpos < 2e-3, (dcell, dpos)
-    assert np.abs(r_lmp.cell - start.cell).max() > 0.02  # the cell did move
+    dlen, dang, dpos = _same_structure_up_to_rotation(r_sa, r_lmp)
+    assert dlen < 2e-3 and dang < 0.05 and dpos < 2e-3, (dlen, dang, dpos)
+    assert abs(r_sa.energy - r_lmp.energy) < 1e-5 * len(ref.symbols)
+    assert np.abs(np.linalg.norm(r_lmp.cell, axis=1) - np.linalg.norm(start.cell, axis=1)).max() > 0.02  # cell moved
     assert match_crystal(r_lmp.to_structure(), ref).matched
 
 
@@ -206,7 +223,9 @@ def test_fixed_cell_relaxations_agree_in_openmm_lammps_and_standalone(lammps_plu
     from engine_plugins.engines.relax_cell import minimize_openmm_periodic, relax_lammps
     from engine_plugins.methods.response_matching.relax import relax_structure
 
-    ref = build_crystal("NaCl-rocksalt", cutoff=4.0)  # >= 2 x cutoff thick, as OpenMM's minimum image needs
+    # >= 2 x cutoff thick, as OpenMM's minimum image needs; MgO, not NaCl: the shipped model's NaCl has shallow
+    # spurious minima near the reference (see the model card), so two minimizers may stop in different ones
+    ref = build_crystal("MgO-rocksalt", cutoff=4.0)
     start = perturb_crystal(ref, displacement=0.1, strain=0.0, seed=5)
     r_sa = relax_structure(SHIPPED, start.symbols, start.positions, start.cell, relax_cell=False, fmax=1e-4,
                            max_steps=3000)

@@ -203,6 +203,53 @@ def markdown(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def model_card(report: Dict[str, Any], command: str = "") -> str:
+    """A markdown model card: the artifact's metadata (model, noise, training) and this report's figures."""
+    from engine_plugins.export.artifact import read_metadata
+
+    path = Path(report["model"])
+    meta = read_metadata(path)
+    prov, rf = meta.provenance, meta.role_fields
+    tc = prov.get("train_config", {})
+    mc = prov.get("rm_model_config", {})
+    tr, nz = tc.get("train", {}), rf.get("noise", tc.get("noise", {}))
+    lines = [f"# {path.name}: response-matching pseudo-force model for crystals (method `{meta.method}`)", "",
+             "## What it is", "",
+             f"- role `{meta.role}`, {len(meta.type_names)} types ({' '.join(meta.type_names)}), cutoff {meta.cutoff:g} A, "
+             f"{meta.num_message_passing_layers} message-passing layers (halo {meta.ghost_cutoff:g} A), dtype {meta.dtype}, "
+             f"{meta.periodicity}, {path.stat().st_size / 1024:.0f} KiB, content hash `{meta.content_hash[:23]}...`",
+             f"- conservative NequIP pseudo-energy ({mc.get('num_features')} features, l_max {mc.get('l_max')}, "
+             f"{mc.get('num_bessels')} Bessel functions, trained in {prov.get('train_dtype')}) + the analytic short-range "
+             "repulsion; forces and the virial (stress) are derivatives of one energy, so LAMMPS `fix box/relax` and "
+             "ASE cell filters work on it",
+             f"- pseudo-energy: {json.dumps(rf.get('pseudo_energy', {}).get('form'))}; site displacements in fractional "
+             "coordinates (reference cell metric), strain from the reference cell (see "
+             "`engine_plugins/methods/response_matching/noise.py`)",
+             f"- noise: displacement sigma {nz.get('distribution')} in [{nz.get('sigma_min')}, {nz.get('sigma_max')}] A, "
+             f"symmetric strain scale log-uniform in [{nz.get('strain_min')}, {nz.get('strain_max')}], stress weight "
+             f"{nz.get('stress_weight')}, force weight min(sigma^-2, {nz.get('weight_cap')})",
+             f"- relaxation defaults (role_fields.relaxation): {json.dumps(rf.get('relaxation'))}", "",
+             "## Data", "",
+             f"- {prov.get('data_set')}",
+             f"- training supercells at least {tc.get('data', {}).get('train_min_width')} A thick. RM restores the "
+             "structures it was trained on: the evaluation below uses fresh noise on the same 14 prototypes (in "
+             f"supercells at least {report['settings']['min_width']} A thick), not unseen crystals.", "",
+             "## Training", "",
+             f"- {prov.get('steps')} steps" + (" (stopped by max_minutes)" if prov.get("stopped_early") else "")
+             + f" in {prov.get('train_minutes')} min, batch {tr.get('batch_size')} crystals, AdamW lr {tr.get('lr')} "
+             f"(warm-up + cosine to x{tr.get('lr_min_factor')}), grad clip {tr.get('grad_clip')}, EMA {tr.get('ema_decay')}, "
+             f"seed {tc.get('seed')}; one CPU thread",
+             f"- validation (fresh noise on the training crystals, strain {tr.get('val_strain')}): "
+             + "; ".join(f"sigma {k} A: force rel. RMSE {v['force_rel_rmse']:.3f}, stress rel. error {v['stress_rel_err']:.3f}"
+                         for k, v in (prov.get("metrics", {}).get("val") or {}).items()), ""]
+    if command:
+        lines += ["## Commands", "", "```bash", command.strip(), "```", ""]
+    lines += ["## Evaluation (`engine-plugins evaluate-rm`)", ""]
+    body = markdown(report).split("\n")
+    lines += body[2:]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def _level(text: str) -> Tuple[float, float]:
     try:
         d, s = text.split(":")
@@ -224,6 +271,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--fmax", type=float, default=0.01, help="standalone FIRE stop, eV/A")
     p.add_argument("--max-steps", type=int, default=1000)
     p.add_argument("--lammps-ftol", type=float, default=1e-4, help="LAMMPS minimize ftol (eV/A)")
+    p.add_argument("--card", help="also write a model card (markdown) for the model to this path")
+    p.add_argument("--card-command", default="", help="commands to quote in the card")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -248,6 +297,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(threads)
     print(markdown(report))
+    if args.card:
+        Path(args.card).write_text(model_card(report, args.card_command))
+        print(f"wrote {args.card}")
     print(f"wrote {Path(args.output) / 'rm_eval.json'} and {Path(args.output) / 'rm_eval.md'}")
     return 0
 

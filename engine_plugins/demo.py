@@ -171,7 +171,8 @@ def run_demo(output: Path, steps: int = 200) -> int:
     if (MODELS / "gpff_qm9like.pt").is_file():  # GPFF: molecules from noise inside OpenMM and LAMMPS
         from engine_plugins.methods.gpff.demo_step import run_gpff_demo
 
-        run_gpff_demo(output, MODELS / "gpff_qm9like.pt")
+        summary["gpff"] = run_gpff_demo(output, MODELS / "gpff_qm9like.pt")
+        (output / "summary.json").write_text(json.dumps(summary, indent=2))
     if (MODELS / "propagator_cg_water.pt").is_file():  # learned propagation of CG water in OpenMM and LAMMPS
         from engine_plugins.methods.propagator.demo_step import run_propagation_demo
 

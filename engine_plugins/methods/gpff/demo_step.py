@@ -13,8 +13,10 @@ DEMO_FORMULAS = ("CH4O", "C2H6O", "C2H4O", "C3H8", "C2H3N", "C3H6O", "C2H5F", "C
 
 
 def run_gpff_demo(output: Path, model: Optional[Path] = None, formulas: Sequence[str] = DEMO_FORMULAS,
-                  nfe: int = 32, sigma_start: Optional[float] = None) -> Dict[str, Any]:
-    """Generate ``formulas`` in OpenMM and LAMMPS (ancestral schedule, eta 0); returns the summary."""
+                  nfe: Optional[int] = None, sigma_start: Optional[float] = None,
+                  sampler: Optional[str] = None) -> Dict[str, Any]:
+    """Generate ``formulas`` in OpenMM and LAMMPS with the model's default engine schedule (``denoise`` or
+    ``ancestral`` with eta 0; both deterministic) and NFE; returns the summary."""
     from engine_plugins.methods.gpff.generate import (GenerationTask, check_generated, formula_symbols, generate,
                                                       load_gpff, structures_out, write_generated)
 
@@ -23,13 +25,20 @@ def run_gpff_demo(output: Path, model: Optional[Path] = None, formulas: Sequence
     if sigma_start is None:
         sigma_start = float(art.metadata.role_fields.get("generation", {}).get("sigma_start",
                                                                               art.metadata.role_fields["sigma_max"]))
+    rf = art.metadata.role_fields
+    sampler = sampler or rf.get("default_sampler", "ancestral")
+    if sampler not in ("ancestral", "denoise"):
+        sampler = "ancestral"
+    nfe = int(nfe or rf.get("default_nfe", 32))
     tasks = [GenerationTask(formula_symbols(f), name=f) for f in formulas]
-    out: Dict[str, Any] = {"model": str(model), "nfe": nfe, "sigma_start": sigma_start, "formulas": list(formulas)}
-    print(f"\nGPFF: {len(tasks)} molecules from noise with {model.name} (ancestral, eta 0, NFE {nfe}, "
-          f"sigma_start {sigma_start} Å) inside the engines")
+    out: Dict[str, Any] = {"model": str(model), "sampler": sampler, "nfe": nfe, "sigma_start": sigma_start,
+                           "formulas": list(formulas)}
+    print(f"\nGPFF: {len(tasks)} molecules from noise with {model.name} ({sampler}"
+          f"{', eta 0' if sampler == 'ancestral' else ''}, NFE {nfe}, start width sigma_start {sigma_start} Å) "
+          "inside the engines")
     for engine in ("openmm", "lammps"):
         t0 = time.perf_counter()
-        res = generate(art, tasks, engine=engine, sampler="ancestral", nfe=nfe, sigma_start=sigma_start, seed=0,
+        res = generate(art, tasks, engine=engine, sampler=sampler, nfe=nfe, sigma_start=sigma_start, seed=0,
                        eta=0.0)  # the engines' deterministic schedule, whatever the model's standalone eta
         summary, results = check_generated(tasks, res.positions)
         path = write_generated(output / f"gpff_{engine}.extxyz", structures_out(tasks, res.positions, results),

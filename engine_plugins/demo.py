@@ -9,6 +9,11 @@ update), float64 throughout:
 * ``exported_models/nequip_argon.pt`` (a small NequIP fitted to OpenMM LJ argon, eV/Å) in both.
 
 Prints the potential energies side by side, writes ``energies.csv``, ``summary.json`` and a PNG plot.
+
+With exported_models/propagator_cg_water.pt present, a learned-propagation step follows
+(``engine_plugins.methods.propagator.demo_step``): a short all-atom OpenMM water reference, the shipped
+CG propagator (+ corrector) in OpenMM and LAMMPS from its first frame, MSD/RDF vs the reference in
+``propagation.png`` and ``summary.json`` (``learned_propagation``).
 """
 
 from __future__ import annotations

@@ -529,3 +529,17 @@ except lb.PluginNotFoundError as exc:
     assert "did not register pair style ep/torch" in out["old"]
     assert "built for LAMMPS 19990101 and is loaded into LAMMPS 20250722" in out["stderr"]
     assert "python -m engine_plugins.engines.lammps_build --force" in out["stderr"]
+
+
+def test_run_lammps_script_with_a_relative_workdir(tmp_path, monkeypatch):
+    """A relative ``workdir`` (as ``make demo``'s ``--output out/demo`` gives) runs: lmp starts in
+    that directory, so its log path must not be relative to the caller's."""
+    from engine_plugins.engines.lammps_backend import run_lammps_script
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "in.t").write_text("units lj\natom_style atomic\nregion b block 0 2 0 2 0 2\n"
+                                            "create_box 1 b\nprint \"relative-ok\"\n")
+    run = run_lammps_script("run/in.t", workdir="run")
+    assert "relative-ok" in run.log
+    assert (tmp_path / "run" / "log.lammps").is_file()

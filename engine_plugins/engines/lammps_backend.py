@@ -191,7 +191,7 @@ def run_lammps_script(script: str | os.PathLike, nprocs: int = 1, *, workdir: st
     With ``check`` a failed run raises :class:`LammpsError` / :class:`PluginNotFoundError`.
     """
     script = Path(script).resolve()
-    workdir = Path(workdir) if workdir is not None else script.parent
+    workdir = Path(workdir).resolve() if workdir is not None else script.parent  # lmp runs there: no relative paths
     log_file = workdir / "log.lammps"
     cmd = [str(BIN_DIR / "lmp"), "-in", str(script), "-log", str(log_file), "-nocite", *extra_args]
     if nprocs > 1:

@@ -41,8 +41,9 @@ def test_demo_step_runs_both_engines_on_a_tiny_water_box(tmp_path, lammps_plugin
         e = s["engines"][engine]
         assert e["finite"] and e["ps"] == pytest.approx(0.4)
         assert e["msd_at_compare_lag"] > 0 and 0 <= e["rdf_jsd"] < math.log(2)
-    # same seed, same counter-based noise, float64: one trajectory (up to periodic images)
-    assert s["openmm_vs_lammps_first_jump_max_A"] < 1e-6
-    assert s["engines"]["openmm"]["D_A2_per_ps"] == pytest.approx(s["engines"]["lammps"]["D_A2_per_ps"], rel=1e-6)
+    # same seed, same counter-based noise, float64: one trajectory (up to periodic images), read back
+    # from OpenMM's DCD, which stores float32 (1 ulp is 1.9e-6 A for coordinates of 16-32 A)
+    assert s["openmm_vs_lammps_first_jump_max_A"] < 1e-5
+    assert s["engines"]["openmm"]["D_A2_per_ps"] == pytest.approx(s["engines"]["lammps"]["D_A2_per_ps"], rel=1e-4)
     assert (tmp_path / "demo" / "propagation.png").stat().st_size > 10_000
     json.dumps(s)  # summary.json-ready

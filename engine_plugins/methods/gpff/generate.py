@@ -37,7 +37,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from engine_plugins.methods.gpff.samplers import SAMPLERS, SamplerError, _Frame, CountedForce, sample, sigma_ladder
+from engine_plugins.methods.gpff.samplers import (SAMPLERS, SamplerError, _Frame, CountedForce, ancestral_step,
+                                                  sample, sigma_ladder)
 
 ENGINES = ("standalone", "openmm", "lammps")
 ENGINE_SAMPLERS = ("ancestral", "denoise")
@@ -196,7 +197,7 @@ def engine_coefficients(sampler: str, nfe: int, sigma0: float, sigma_min: float,
         return [float(step)] * int(nfe)
     if sampler == "ancestral":
         sig = sigma_ladder(int(nfe), sigma0, min(sigma_min, sigma0), schedule, rho).tolist()
-        return [1.0 - sig[k + 1] / sig[k] for k in range(int(nfe))]
+        return [ancestral_step(sig[k], sig[k + 1], 0.0)[0] for k in range(int(nfe))]  # = 1 - sigma_{k+1}/sigma_k
     raise GenerationError(f"sampler '{sampler}' does not run inside the engines; use one of "
                           f"{', '.join(ENGINE_SAMPLERS)} (ancestral with eta=0) or --engine standalone")
 
@@ -204,21 +205,10 @@ def engine_coefficients(sampler: str, nfe: int, sigma0: float, sigma_min: float,
 def engine_ancestral_noise(nfe: int, sigma0: float, sigma_min: float, eta: float, schedule: str = "karras",
                            rho: float = 7.0) -> Tuple[List[float], List[float]]:
     """``(c_k, s_up_k)`` of the stochastic ancestral step ``x <- x + c_k F + s_up_k z`` (``z`` ~ N(0, 1) per
-    coordinate), the standalone sampler's ladder: ``c_k = 1 - sigma_down/sigma_k``, ``sigma_down^2 +
-    s_up^2 = sigma_{k+1}^2``, ``s_up = eta * sigma_{k+1} sqrt(1 - sigma_{k+1}^2/sigma_k^2)``; last step ``x + F``."""
+    coordinate): the standalone sampler's ladder and step (:func:`~engine_plugins.methods.gpff.samplers.ancestral_step`)."""
     sig = sigma_ladder(int(nfe), sigma0, min(sigma_min, sigma0), schedule, rho).tolist()
-    cs, ups = [], []
-    for k in range(int(nfe)):
-        s, s_next = sig[k], sig[k + 1]
-        if s_next == 0.0:
-            cs.append(1.0)
-            ups.append(0.0)
-            continue
-        s_up = min(s_next, eta * math.sqrt(max(s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2, 0.0)))
-        s_down = math.sqrt(max(s_next ** 2 - s_up ** 2, 0.0))
-        cs.append(1.0 - s_down / s)
-        ups.append(s_up)
-    return cs, ups
+    steps = [ancestral_step(sig[k], sig[k + 1], float(eta)) for k in range(int(nfe))]
+    return [c for c, _ in steps], [u for _, u in steps]
 
 
 def estimate_sigma(art: Any, tasks: Sequence[GenerationTask], starts: Sequence[np.ndarray]) -> float:

@@ -288,18 +288,24 @@ def _resolve_types(types: Union[Sequence[Any], torch.Tensor], type_names: Option
 # ------------------------------------------------------------------------------------------------
 # the samplers (each updates x in place of a copy and returns (x, sigmas used, info))
 # ------------------------------------------------------------------------------------------------
+def ancestral_step(s: float, s_next: float, eta: float) -> Tuple[float, float]:
+    """``(c, s_up)`` of one variance-exploding ancestral step ``x <- x + c F + s_up z`` from ``s`` to
+    ``s_next``: ``s_up = min(s_next, eta s_next sqrt(1 - s_next^2/s^2))``, ``sigma_down^2 + s_up^2 =
+    s_next^2``, ``c = 1 - sigma_down/s``; the last step (``s_next = 0``) is ``x + F``. Shared by the
+    standalone sampler and the engines' schedules."""
+    if s_next == 0.0:
+        return 1.0, 0.0
+    s_up = min(s_next, eta * math.sqrt(max(s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2, 0.0)))
+    s_down = math.sqrt(max(s_next ** 2 - s_up ** 2, 0.0))
+    return 1.0 - s_down / s, s_up
+
+
 def _ancestral(f: CountedForce, x: torch.Tensor, fr: _Frame, sig: torch.Tensor, eta: float, traj: list):
     for i in range(len(sig) - 1):
-        s, s_next = float(sig[i]), float(sig[i + 1])
-        F = f(x)
-        if s_next == 0.0:
-            x = x + fr.project(F)
-        else:
-            s_up = min(s_next, eta * math.sqrt(max(s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2, 0.0)))
-            s_down = math.sqrt(max(s_next ** 2 - s_up ** 2, 0.0))
-            x = x + fr.project((1.0 - s_down / s) * F)
-            if s_up > 0:
-                x = x + s_up * fr.noise()
+        c, s_up = ancestral_step(float(sig[i]), float(sig[i + 1]), eta)
+        x = x + fr.project(c * f(x))
+        if s_up > 0:
+            x = x + s_up * fr.noise()
         traj.append(x)
     return x
 

@@ -259,8 +259,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rf = art.metadata.role_fields
     gen = rf.get("generation") or {}
-    s0 = args.sigma_start if args.sigma_start is not None else (rf.get("generation") or {}).get(
-        "sigma_start", rf.get("sigma_max"))
+    s0 = args.sigma_start if args.sigma_start is not None else gen.get("sigma_start", rf.get("sigma_max"))
     title = (f"{Path(args.model).name}: {len(tasks)} held-out molecules ({args.split}), sigma_start {s0} Å")
     plot_validity(rows, out / "validity_vs_nfe.png", title)
     meta = {"model": str(args.model), "data": args.data, "split": args.split, "n_molecules": len(tasks),

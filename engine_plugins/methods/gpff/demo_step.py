@@ -17,19 +17,17 @@ def run_gpff_demo(output: Path, model: Optional[Path] = None, formulas: Sequence
                   sampler: Optional[str] = None) -> Dict[str, Any]:
     """Generate ``formulas`` in OpenMM and LAMMPS with the model's default engine schedule (``denoise`` or
     ``ancestral`` with eta 0; both deterministic) and NFE; returns the summary."""
-    from engine_plugins.methods.gpff.generate import (GenerationTask, check_generated, formula_symbols, generate,
-                                                      load_gpff, structures_out, write_generated)
+    from engine_plugins.methods.gpff.generate import (ENGINE_SAMPLERS, GenerationTask, check_generated,
+                                                      formula_symbols, generate, load_gpff, sampler_settings,
+                                                      structures_out, write_generated)
 
     model = Path(model) if model else Path(__file__).resolve().parents[3] / "exported_models" / "gpff_qm9like.pt"
     art = load_gpff(model)
-    if sigma_start is None:
-        sigma_start = float(art.metadata.role_fields.get("generation", {}).get("sigma_start",
-                                                                              art.metadata.role_fields["sigma_max"]))
-    rf = art.metadata.role_fields
-    sampler = sampler or rf.get("default_sampler", "ancestral")
-    if sampler not in ("ancestral", "denoise"):
-        sampler = "ancestral"
-    nfe = int(nfe or rf.get("default_nfe", 32))
+    st = sampler_settings(art, sampler, nfe, None, None, None, None)  # the model's defaults where not given
+    if sampler is None and st["sampler"] not in ENGINE_SAMPLERS:  # a standalone-only default: the engines' own
+        st = sampler_settings(art, "ancestral", nfe, None, None, None, None)
+    sampler, nfe = st["sampler"], int(st["nfe"])
+    sigma_start = float(sigma_start if sigma_start is not None else st["sigma_start"])
     tasks = [GenerationTask(formula_symbols(f), name=f) for f in formulas]
     out: Dict[str, Any] = {"model": str(model), "sampler": sampler, "nfe": nfe, "sigma_start": sigma_start,
                            "formulas": list(formulas)}

@@ -232,13 +232,13 @@ def model_card(report: Dict[str, Any], command: str = "") -> str:
              "## Data", "",
              f"- {prov.get('data_set')}",
              f"- training supercells at least {tc.get('data', {}).get('train_min_width')} A thick. RM restores the "
-             "structures it was trained on: the evaluation below uses fresh noise on the same 14 prototypes (in "
+             f"structures it was trained on: the evaluation below uses fresh noise on the same {len(report['settings']['crystals'])} prototypes (in "
              f"supercells at least {report['settings']['min_width']} A thick), not unseen crystals.", "",
              "## Training", "",
              f"- {prov.get('steps')} steps" + (" (stopped by max_minutes)" if prov.get("stopped_early") else "")
              + f" in {prov.get('train_minutes')} min, batch {tr.get('batch_size')} crystals, AdamW lr {tr.get('lr')} "
              f"(warm-up + cosine to x{tr.get('lr_min_factor')}), grad clip {tr.get('grad_clip')}, EMA {tr.get('ema_decay')}, "
-             f"seed {tc.get('seed')}; one CPU thread",
+             f"seed {tc.get('seed')}; {tr.get('threads')} CPU thread(s)",
              f"- validation (fresh noise on the training crystals, strain {tr.get('val_strain')}): "
              + "; ".join(f"sigma {k} A: force rel. RMSE {v['force_rel_rmse']:.3f}, stress rel. error {v['stress_rel_err']:.3f}"
                          for k, v in (prov.get("metrics", {}).get("val") or {}).items()), ""]

@@ -253,6 +253,24 @@ def test_propagate_rollout_trajectory_and_continuation(models, tmp_path):
     assert len(mda.Universe(str(tmp_path / "roll.xyz")).trajectory) == 2
 
 
+def test_propagate_overrides_the_correctors_flow_steps(models, tmp_path):
+    """``corrector_flow_steps`` reaches the corrector (as ``evaluate --corrector-flow-steps`` uses it):
+    the rollout equals a jump loop built with that override and differs from the corrector's own 4 steps."""
+    corr = export_field(tmp_path / "corr.pt", PairRelaxPropagator(strength=0.3, drift=0.2), role="corrector",
+                        flow_steps=4)
+    pos, types = system(seed=3)
+    names = [NAMES[t] for t in types]
+    kw = dict(box=np.eye(3) * BOX, temperature=600.0, n_jumps=2, seed=5, corrector=corr, progress=False)
+    one = propagate(models["euler"], pos, names, corrector_flow_steps=1, **kw)
+    own = propagate(models["euler"], pos, names, **kw)
+    jump = build_flow_jump(models["euler"], corr, corrector_flow_steps=1)
+    x = pos
+    for k in range(2):
+        x = run_jump(jump, x, types, BOX, 600.0, 5, k + 1)
+    assert np.abs(one.positions[-1] - x).max() < 1e-12
+    assert np.abs(own.positions[-1] - one.positions[-1]).max() > 1e-4
+
+
 def test_bad_inputs(models, tmp_path):
     from engine_plugins.methods.lennard_jones import LennardJones, lennard_jones_metadata
 

@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lag-fraction", type=float, default=1.0,
                    help="t_ref = this fraction of the reference duration (default 1: its longest lag)")
     p.add_argument("--flow-steps", type=int, help="override the model's number of flow steps")
+    p.add_argument("--corrector-flow-steps", type=int,
+                   help="override the corrector's number of flow steps (standalone and openmm engines)")
     p.add_argument("--ranks", type=int, default=1, help="MPI ranks (lammps engine)")
     p.add_argument("--platform", default=None, help="OpenMM platform (openmm engine)")
     p.add_argument("--append-card", help="append a section with the measured figures to this model card (.md)")

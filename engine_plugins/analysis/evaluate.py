@@ -607,7 +607,8 @@ def compare_engines(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     from engine_plugins.analysis.rollout import RolloutError
 
-    opts = {k: v for k, v in {"flow_steps": args.flow_steps, "ranks": args.ranks if args.ranks != 1 else None,
+    opts = {k: v for k, v in {"flow_steps": args.flow_steps,
+                              "corrector_flow_steps": getattr(args, "corrector_flow_steps", None), "ranks": args.ranks if args.ranks != 1 else None,
                               "platform": args.platform}.items() if v is not None}
     t0 = time.perf_counter()
     engines = list(dict.fromkeys(args.engine))

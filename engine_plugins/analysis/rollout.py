@@ -284,7 +284,7 @@ def _standalone(model: Path, start: RolloutStart, n_jumps: int, seed: int, corre
     res = sampler.propagate(str(model), start.positions / to_a, [start.type_names[t] for t in start.types],
                             box=start.box / to_a, temperature=start.temperature, n_jumps=n_jumps, seed=seed,
                             corrector=str(corrector) if corrector else None, flow_steps=options.get("flow_steps"),
-                            progress=progress, device=options.get("device"))
+                            corrector_flow_steps=options.get("corrector_flow_steps"), progress=progress, device=options.get("device"))
     wall = time.perf_counter() - t0
     return save_positions_rollout(directory, start, np.asarray(res.positions) * to_a, engine="standalone",
                                   delta_tau=float(res.delta_tau_ps), seed=seed, wall=wall,
@@ -311,7 +311,8 @@ def _openmm(model: Path, start: RolloutStart, n_jumps: int, seed: int, corrector
         system.addParticle(float(masses[name]))
     setup = om.create_learned_integrator(system, names, str(model), str(corrector) if corrector else None,
                                          temperature=start.temperature, seed=seed, periodic=True,
-                                         flow_steps=options.get("flow_steps"))
+                                         flow_steps=options.get("flow_steps"),
+                                         corrector_flow_steps=options.get("corrector_flow_steps"))
     platform = options.get("platform") or "CPU"
     props = {"Threads": str(options.get("threads", 1))} if platform == "CPU" else {}
     context = mm.Context(system, setup.integrator, mm.Platform.getPlatformByName(platform), props)
@@ -355,6 +356,9 @@ def lammps_propagate_input(model: Path, start: RolloutStart, n_jumps: int, seed:
         extra += f" corrector {Path(corrector).resolve()}"
     if options.get("flow_steps"):
         extra += f" steps {int(options['flow_steps'])}"
+    if options.get("corrector_flow_steps"):
+        raise RolloutError("fix ep/propagate has no keyword for the corrector's flow steps (it runs the corrector's "
+                           "own); drop corrector_flow_steps (--corrector-flow-steps) for the lammps engine")
     return "\n".join([
         f"units {style}", "atom_style atomic", "boundary p p p", "atom_modify map yes",
         "read_data start.data", f"pair_style zero {cut:.10g}", "pair_coeff * *",

@@ -366,7 +366,8 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
               temperature: float | np.ndarray = 300.0, n_jumps: int = 1, seed: int = 0, start_step: int = 0,
               corrector: str | os.PathLike | Artifact | None = None, flow_steps: int | None = None,
               solver: str | None = None, trajectory: str | os.PathLike | None = None,
-              device: str | torch.device | None = None, progress: bool = True) -> Rollout:
+              device: str | torch.device | None = None, progress: bool = True,
+              corrector_flow_steps: int | None = None) -> Rollout:
     """Standalone learned rollout: ``n_jumps`` jumps of Δτ from ``positions`` (model length unit, Å).
 
     ``start_step`` is the step counter of the start frame; the jump that reaches step n (frame
@@ -396,7 +397,7 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
     tidx = type_indices(types, meta.type_names)
     names = [meta.type_names[i] for i in tidx.tolist()]
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    jump = build_flow_jump(prop_art, corrector, flow_steps, solver).to(dev)
+    jump = build_flow_jump(prop_art, corrector, flow_steps, solver, corrector_flow_steps).to(dev)
     dtype = getattr(torch, meta.dtype)
     x = torch.as_tensor(pos, dtype=dtype, device=dev)
     box_t = None if box is None else torch.as_tensor(np.asarray(box, float), dtype=dtype, device=dev)

@@ -140,12 +140,13 @@ def learned_standalone(model: Path, corrector: Path | None, pos, box, names, tem
     b = torch.tensor(box, dtype=dtype)
     types = type_indices(names, meta.type_names)
     temp = torch.full((len(pos),), float(temperature), dtype=dtype)
-    for k in range(warmup):
-        x = jump(x, types, b, temp, 1, k)
-    t0 = time.perf_counter()
-    for k in range(jumps):
-        x = jump(x, types, b, temp, 1, warmup + k)
-    wall = time.perf_counter() - t0
+    with torch.no_grad():  # as propagate() and the engines: a jump needs no gradient
+        for k in range(warmup):
+            x = jump(x, types, b, temp, 1, k)
+        t0 = time.perf_counter()
+        for k in range(jumps):
+            x = jump(x, types, b, temp, 1, warmup + k)
+        wall = time.perf_counter() - t0
     if not bool(torch.isfinite(x).all()):
         raise BenchError("the standalone rollout produced non-finite positions")
     return {"path": "learned, standalone", "engine": "standalone", "step_ps": float(jump.delta_tau_ps),

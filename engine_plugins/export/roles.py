@@ -18,7 +18,8 @@ edge vector is ``pos[j] - pos[i] + edge_shift[e]``; the edge list is full (both 
 The total energy is ``atom_energy[:n_local].sum()`` and ``forces`` is the force on every node from
 that energy (ghost forces are summed onto their owners by the engine, LAMMPS ``newton on``).
 A standalone or OpenMM caller passes ``n_local = N``. Conservative models differentiate inside
-forward, so callers keep grad mode on (TorchScript cannot switch it; no ``torch.no_grad()``).
+forward, so callers keep grad mode on for ``pseudo_force`` (no ``torch.no_grad()`` around it); the
+vector-field roles need no gradient, and their engine callers switch grad mode off.
 """
 
 from __future__ import annotations

@@ -923,6 +923,10 @@ int FixEPPropagate::flow(Model &m, uint64_t attempt_offset, double &max_norm)
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
 
+  // a jump needs no gradient, so none is recorded through the model's parameters (the same
+  // switch made OpenMM's jump 1.5x faster; here, CG water on a CPU, no measurable change)
+  torch::NoGradGuard no_grad;
+
   grow_disp();
   build_graph(m);
   const int64_t nnodes = static_cast<int64_t>(atom_of.size());

@@ -417,7 +417,7 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
     # cost of the jump itself; plain execution runs the same ops
     try:
         bar = tqdm(range(n_jumps), desc="learned jumps", unit="jump", disable=not progress)
-        with torch.jit.optimized_execution(False):
+        with torch.jit.optimized_execution(False), torch.no_grad():  # a jump needs no gradient
             for k in bar:
                 try:
                     x = jump(x, types_t, box_t, temp_t, int(seed), int(start_step) + k + 1)

@@ -86,7 +86,11 @@ def observe(traj: UnwrappedTrajectory, *, r_max: float, nbins: int, rdf_frames: 
     return out
 
 
-def _at(lagtimes: np.ndarray, msd: np.ndarray, t: float) -> float:
+def msd_at(lagtimes: np.ndarray, msd: np.ndarray, t: float) -> float:
+    """MSD interpolated at lag ``t`` (ps); NaN outside the curve (never a clamped end value)."""
+    lagtimes, msd = np.asarray(lagtimes, float), np.asarray(msd, float)
+    if t < lagtimes[0] or t > lagtimes[-1] * (1 + 1e-9):
+        return float("nan")
     return float(np.interp(t, lagtimes, msd))
 
 
@@ -126,7 +130,7 @@ def compare(ref: UnwrappedTrajectory, learned: UnwrappedTrajectory, *, mobile: S
     for s in obs_ref["msd"]:
         mr, ml = obs_ref["msd"][s], obs_l["msd"][s]
         sel_r = obs_ref["lagtimes"] <= t_ref * (1 + 1e-6)
-        entry = {"msd_ref": _at(obs_ref["lagtimes"], mr, t_cmp), "msd_learned": float(ml[k_cmp]),
+        entry = {"msd_ref": msd_at(obs_ref["lagtimes"], mr, t_cmp), "msd_learned": float(ml[k_cmp]),
                  "n": obs_ref["n_atoms"][s], "mobile": s in mobile}
         entry["relative_error"] = abs(entry["msd_learned"] - entry["msd_ref"]) / abs(entry["msd_ref"]) \
             if entry["msd_ref"] else float("nan")

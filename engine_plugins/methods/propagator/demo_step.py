@@ -24,6 +24,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from engine_plugins.analysis.evaluate import msd_at  # re-exported: the demo compares MSDs as evaluate does
+
 REPO = Path(__file__).resolve().parents[3]
 MODELS = REPO / "exported_models"
 
@@ -31,14 +33,6 @@ MODELS = REPO / "exported_models"
 def _shipped(name: str) -> Optional[Path]:
     p = MODELS / name
     return p if p.is_file() else None
-
-
-def msd_at(lagtimes: np.ndarray, msd: np.ndarray, t: float) -> float:
-    """MSD interpolated at lag ``t`` (ps); NaN outside the curve."""
-    lagtimes, msd = np.asarray(lagtimes, float), np.asarray(msd, float)
-    if t < lagtimes[0] or t > lagtimes[-1] * (1 + 1e-9):
-        return float("nan")
-    return float(np.interp(t, lagtimes, msd))
 
 
 def compare_lag(delta_tau: float, n_jumps: int, reference_ps: float) -> float:

@@ -300,3 +300,29 @@ def test_trainer_resumes_exactly(tmp_path):
     assert json.loads((tmp_path / "a" / "history.json").read_text())[-1]["step"] == 6
     sa, sb = load_artifact(straight).module.state_dict(), load_artifact(resumed).module.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)  # the exported weights too
+
+
+@needs_shipped
+def test_evaluate_rm_reports_repair_and_the_reference_energy(tmp_path):
+    """``evaluate-rm`` on one crystal, standalone: the noise seed range is honoured (a model is chosen on
+    seeds other than the card's 0), a 0.1 A copy of MgO is repaired, and each relaxation says whether it
+    ended below the reference's pseudo-energy, consistently with the energies it reports."""
+    from engine_plugins.methods.response_matching.evaluate import evaluate_rm, markdown
+    from engine_plugins.methods.response_matching.relax import make_calculator
+
+    rep = evaluate_rm(SHIPPED, tmp_path, levels=[(0.1, 0.02)], engines=["standalone"], names=["MgO-rocksalt"],
+                      seeds=2, first_seed=3, screening_sizes=(0.1, 0.3), progress=False)
+    rows = rep["rows"]
+    assert [r["seed"] for r in rows] == [3, 4]
+    assert all(r["standalone"]["matched"] for r in rows)
+    ref = build_crystal("MgO-rocksalt", cutoff=3.5, factor=2.0)
+    atoms = ref.to_ase()
+    atoms.calc = make_calculator(SHIPPED)
+    e_ref = atoms.get_potential_energy() / len(atoms)
+    for r in rows:
+        assert r["standalone"]["below_reference"] == (r["standalone"]["E_per_atom"] < e_ref - 1e-4)
+    frac = rep["repair"]["standalone_below_reference"]
+    assert frac == np.mean([r["standalone"]["below_reference"] for r in rows])
+    md = markdown(rep)
+    assert "noise seed 3-4" in md and "below the reference" in md
+    assert json.loads((tmp_path / "rm_eval.json").read_text())["settings"]["first_seed"] == 3

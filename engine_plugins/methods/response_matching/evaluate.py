@@ -71,7 +71,7 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
                 engines: Sequence[str] = ("standalone", "lammps"), names: Optional[Sequence[str]] = None,
                 seeds: int = 1, min_width: float = 7.0, fmax: float = 0.01, max_steps: int = 1000,
                 lammps_ftol: float = 1e-4, screening_sizes: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
-                progress: bool = True) -> Dict[str, Any]:
+                progress: bool = True, first_seed: int = 0) -> Dict[str, Any]:
     """Run the measurements (see module doc); returns the report dict and writes JSON + markdown."""
     from tqdm.auto import tqdm
 
@@ -86,10 +86,12 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
     if bad:
         raise ValueError(f"unknown engine(s) {bad}; use standalone and/or lammps")
     refs = {n: build_crystal(n, cutoff=0.5 * min_width, factor=2.0) for n in names}
+    calc = make_calculator(art)
+    e_ref = {n: _pe_per_atom(calc, refs[n]) for n in names}
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     rows: List[Dict[str, Any]] = []
-    jobs = [(n, lv, seed) for lv in levels for n in names for seed in range(seeds)]
+    jobs = [(n, lv, seed) for lv in levels for n in names for seed in range(first_seed, first_seed + seeds)]
     bar = tqdm(jobs, desc="rm repair", disable=not progress, dynamic_ncols=True)
     for n, (sig, st), seed in bar:
         ref = refs[n]
@@ -108,7 +110,9 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
                     r = relax_lammps(art, noisy.symbols, noisy.positions, noisy.cell, box_relax=True,
                                      ftol=lammps_ftol, max_iterations=max_steps)
                 m = match_crystal(r.to_structure(n), ref)
+                e_rel = float(r.energy) / ref.n_atoms
                 row[engine] = {"matched": m.matched, "rms": m.rms, "volume_ratio": m.volume_ratio,
+                               "E_per_atom": e_rel, "below_reference": e_rel < e_ref[n] - 1e-4,
                                "steps": r.steps, "converged": r.converged, "fmax": r.fmax,
                                "seconds": round(time.perf_counter() - t0, 2)}
             except Exception as exc:  # noqa: BLE001 - a failed relaxation counts as not matched, with the reason
@@ -132,8 +136,10 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
         summary[f"{engine}_match_overall"] = float(np.mean([r[engine]["matched"] for r in rows])) if rows else None
     summary["noisy_unrelaxed_match_overall"] = float(np.mean([r["noisy_matched"] for r in rows])) if rows else None
 
+    for engine in engines:  # the reference should be the learned minimum: how often a relaxation ends below it
+        summary[f"{engine}_below_reference"] = float(np.mean([bool(r[engine].get("below_reference")) for r in rows])) if rows else None
+
     # screening
-    calc = make_calculator(art)
     rng_seed = 7
     e_eq, e_pert, e_dec, dec_rows = [], [], [], []
     for n in tqdm(names, desc="rm screening", disable=not progress, dynamic_ncols=True):
@@ -156,6 +162,7 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
     meta = art.metadata
     report = {"model": str(model), "content_hash": meta.content_hash, "method": meta.method,
               "settings": {"levels": [list(lv) for lv in levels], "engines": list(engines), "seeds": seeds,
+                           "first_seed": first_seed,
                            "min_width": min_width, "fmax": fmax, "max_steps": max_steps, "lammps_ftol": lammps_ftol,
                            "crystals": names},
               "repair": summary, "screening": screening, "rows": rows}
@@ -165,13 +172,20 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
     return report
 
 
+def _seed_range(settings: Dict[str, Any]) -> str:
+    first = int(settings.get("first_seed", 0))
+    last = first + int(settings["seeds"]) - 1
+    return str(first) if last == first else f"{first}-{last}"
+
+
 def markdown(report: Dict[str, Any]) -> str:
     """The report as markdown tables."""
     rep = report["repair"]
     engines = report["settings"]["engines"]
     lines = [f"# RM crystal model: repair and screening ({Path(report['model']).name})", "",
              f"{len(report['settings']['crystals'])} prototypes, supercells >= {report['settings']['min_width']} A, "
-             f"{report['settings']['seeds']} noisy copy per level; StructureMatcher (ltol 0.2, stol 0.3, angle 5 deg).",
+             f"{report['settings']['seeds']} noisy copy per level (noise seed {_seed_range(report['settings'])}); "
+             "StructureMatcher (ltol 0.2, stol 0.3, angle 5 deg).",
              "", "| displacement (A) | strain | n | unrelaxed match | "
              + " | ".join(f"{e} match | {e} mean rms | {e} s/relax" for e in engines) + " |",
              "|---|---|---|---|" + "---|---|---|" * len(engines)]
@@ -184,7 +198,12 @@ def markdown(report: Dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     overall = ", ".join(f"{e} {100 * rep[f'{e}_match_overall']:.1f} %" for e in engines)
     lines += ["", f"Overall match after relaxation: {overall} (unrelaxed noisy copies: "
-              f"{100 * rep['noisy_unrelaxed_match_overall']:.1f} %).", ""]
+              f"{100 * rep['noisy_unrelaxed_match_overall']:.1f} %)."]
+    below = [f"{e} {100 * rep[f'{e}_below_reference']:.1f} %" for e in engines if rep.get(f"{e}_below_reference") is not None]
+    if below:
+        lines += ["", "Relaxations that end below the reference's pseudo-energy (the reference is then not the learned "
+                  f"minimum): {', '.join(below)}."]
+    lines += [""]
     sc = report["screening"]
     r = sc["ranking_vs_displacement"]
     lines += ["## Screening", "",
@@ -267,6 +286,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--engines", nargs="+", default=["standalone", "lammps"], choices=["standalone", "lammps"])
     p.add_argument("--crystals", nargs="+", help="subset of the built-in prototypes")
     p.add_argument("--seeds", type=int, default=1, help="noisy copies per crystal and level")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="noise seeds FIRST..FIRST+SEEDS-1 (the card uses 0; choose models on other seeds)")
     p.add_argument("--min-width", type=float, default=7.0, help="supercell thickness, A")
     p.add_argument("--fmax", type=float, default=0.01, help="standalone FIRE stop, eV/A")
     p.add_argument("--max-steps", type=int, default=1000)
@@ -293,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = evaluate_rm(args.model, args.output, args.levels, args.engines, args.crystals, args.seeds,
                              args.min_width, args.fmax, args.max_steps, args.lammps_ftol,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, first_seed=args.first_seed)
     finally:
         torch.set_num_threads(threads)
     print(markdown(report))

@@ -80,6 +80,22 @@ def test_targets_are_the_exact_gradients_of_the_pseudo_energy():
     assert r_short < float(radii[types[0], types[1]])
 
 
+def test_large_strain_scales_never_fold_the_cell():
+    """Principal strains are clipped to +-0.5 (a Gaussian tail at scale 0.25 folded a training cell and the
+    neighbour list took all memory); strains inside the bound come back bit for bit as drawn."""
+    from engine_plugins.methods.response_matching.noise import MAX_PRINCIPAL_STRAIN, random_symmetric_strain
+
+    g = torch.Generator().manual_seed(0)
+    eps = random_symmetric_strain(torch.full((4000,), 0.5, dtype=torch.float64), g)
+    lam = torch.linalg.eigvalsh(eps)
+    assert lam.abs().max() <= MAX_PRINCIPAL_STRAIN + 1e-12
+    assert (lam.abs().amax(1) > 0.49).float().mean() > 0.5  # the clip was exercised
+    assert torch.allclose(eps, eps.transpose(1, 2))
+    small = random_symmetric_strain(torch.full((100,), 0.01, dtype=torch.float64), torch.Generator().manual_seed(1))
+    gg = torch.randn(100, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.equal(small, 0.01 * 0.5 * (gg + gg.transpose(1, 2)))
+
+
 def test_reference_is_the_exact_minimum_and_the_response_points_back():
     cfg = RMNoiseConfig()
     rec = _record("C-diamond")

@@ -41,7 +41,7 @@ Response (the training targets), with ``k = 1 eV/A^2``:
 Noise (per structure): displacement scale ``sigma`` from a log-uniform ladder over
 ``[sigma_min, sigma_max] = [0.1, 3.2] A`` (per Cartesian component, Gaussian, centroid removed) and
 a random symmetric strain ``eps = s (G + G^T)/2`` (G standard normal) with ``s`` log-uniform in
-``[strain_min, strain_max] = [0.002, 0.1]``. Loss per structure: ``w_f(sigma) mean (F - F*)^2``
+``[strain_min, strain_max] = [0.002, 0.1]`` (principal strains clipped to +-0.5). Loss per structure: ``w_f(sigma) mean (F - F*)^2``
 with ``w_f = min(sigma^-2, weight_cap)``, plus ``stress_weight * mean ((D - D*)/N)^2 /
 (k (sigma^2 + l^2 s))^2`` (both relative to the size of the response at that noise level; sigma^2 in
 the stress scale accounts for the repulsion's share at large noise).
@@ -115,10 +115,25 @@ def sample_sigmas(n: int, cfg: RMNoiseConfig, generator: Optional[torch.Generato
     return z.clamp(lo, hi).exp()
 
 
+MAX_PRINCIPAL_STRAIN = 0.5
+
+
 def random_symmetric_strain(scales: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """[B, 3, 3] symmetric strains ``s (G + G^T) / 2`` (diagonal std s, off-diagonal s / sqrt 2)."""
+    """[B, 3, 3] symmetric strains ``s (G + G^T) / 2`` (diagonal std s, off-diagonal s / sqrt 2).
+
+    Principal strains are clipped to +-``MAX_PRINCIPAL_STRAIN``: at large ``s`` a Gaussian tail would
+    otherwise fold or flatten the cell (eigenvalue of ``I + eps`` near 0), whose periodic neighbour list
+    then has no bound (a training run with ``strain_max`` 0.25 was killed for memory after ~17k steps).
+    Strains inside the bound are returned bit for bit unchanged."""
     g = torch.randn(scales.shape[0], 3, 3, generator=generator, dtype=torch.float64)
-    return scales.view(-1, 1, 1) * 0.5 * (g + g.transpose(1, 2))
+    eps = scales.view(-1, 1, 1) * 0.5 * (g + g.transpose(1, 2))
+    lam, vec = torch.linalg.eigh(eps)
+    out = lam.abs().amax(dim=1) > MAX_PRINCIPAL_STRAIN
+    if bool(out.any()):
+        lam_c = lam[out].clamp(-MAX_PRINCIPAL_STRAIN, MAX_PRINCIPAL_STRAIN)
+        eps = eps.clone()
+        eps[out] = vec[out] @ torch.diag_embed(lam_c) @ vec[out].transpose(1, 2)
+    return eps
 
 
 # ------------------------------------------------------------------------------------------------
@@ -333,6 +348,6 @@ def rm_loss(pred_forces: torch.Tensor, pred_dmat: torch.Tensor, batch: Sequence[
 __all__ = [
     "CrystalRecord", "NoisyCrystal", "PSEUDO_ENERGY_UNITS", "RMNoiseConfig", "SPRING_CONSTANT", "cell_strain",
     "covalent_radius", "displacements", "make_noisy_crystal", "min_image", "periodic_neighbor_list",
-    "pseudo_energy", "random_symmetric_strain", "repulsion_radii", "repulsion_terms", "response_targets",
+    "MAX_PRINCIPAL_STRAIN", "pseudo_energy", "random_symmetric_strain", "repulsion_radii", "repulsion_terms", "response_targets",
     "rm_loss", "sample_sigmas", "strain_stiffness",
 ]

@@ -77,6 +77,7 @@ import torch
 
 from engine_plugins.export.metadata import ArtifactMetadata
 from engine_plugins.nn.forces import local_energy_forces
+from engine_plugins.options import options_from_dict
 
 # importing this module imports nequip and e3nn (a few seconds); `engine_plugins.nn` does not.
 import e3nn  # noqa: E402
@@ -239,11 +240,7 @@ class NequIPConfig:
 
     @classmethod
     def from_kwargs(cls, **config: Any) -> "NequIPConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise TypeError(f"unknown NequIP backbone option(s) {unknown}; known: {sorted(known)}")
-        return cls(**config)
+        return options_from_dict(cls, config, "NequIP backbone options")
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

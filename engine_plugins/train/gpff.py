@@ -39,7 +39,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -51,6 +51,7 @@ from engine_plugins.methods.gpff.noise import (
     make_noisy_batch,
     rmsd,
 )
+from engine_plugins.options import check_known, options_from_dict
 from engine_plugins.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 CHECKPOINT_VERSION = 1
@@ -60,14 +61,6 @@ ALLOWED_ELEMENTS = ("H", "C", "N", "O", "F")
 # ------------------------------------------------------------------------------------------------
 # configuration
 # ------------------------------------------------------------------------------------------------
-def _from_dict(cls, d: Dict[str, Any], section: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"config section '{section}': unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**d)
-
-
 @dataclass
 class DataOptions:
     source: str = "ase_g2"
@@ -123,13 +116,10 @@ class GPFFTrainConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GPFFTrainConfig":
-        top = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - top)
-        if unknown:
-            raise ValueError(f"GPFF config: unknown key(s) {unknown}; known: {sorted(top)}")
+        check_known(cls, d, "GPFF config")
         d = dict(d)
-        data = _from_dict(DataOptions, d.pop("data", {}) or {}, "data")
-        train = _from_dict(TrainOptions, d.pop("train", {}) or {}, "train")
+        data = options_from_dict(DataOptions, d.pop("data", {}) or {}, "GPFF config section 'data'")
+        train = options_from_dict(TrainOptions, d.pop("train", {}) or {}, "GPFF config section 'train'")
         noise = NoiseConfig.from_dict(d.pop("noise", {}) or {})
         cfg = cls(data=data, train=train, noise=noise, **d)
         from engine_plugins.methods.gpff.model import GPFFModelConfig, SamplerDefaults

@@ -65,7 +65,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -73,6 +73,7 @@ import numpy as np
 import torch
 
 from engine_plugins.methods.propagator.prior import KB_EV_PER_K
+from engine_plugins.options import check_known, options_from_dict
 from engine_plugins.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from engine_plugins.train.gpff import _EMA, _device, read_config_file
 
@@ -84,14 +85,6 @@ UNITS = {"length": "angstrom", "energy": "eV", "time": "ps"}
 # ------------------------------------------------------------------------------------------------
 # configuration
 # ------------------------------------------------------------------------------------------------
-def _from_dict(cls, d: Dict[str, Any], section: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"config section '{section}': unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**d)
-
-
 @dataclass
 class SplitOptions:
     """Whole-case split (``engine_plugins.data.datasets.split_cases``)."""
@@ -186,18 +179,16 @@ class FlowTrainConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "FlowTrainConfig":
-        top = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - top)
-        if unknown:
-            raise ValueError(f"propagator config: unknown key(s) {unknown}; known: {sorted(top)}")
+        check_known(cls, d, "propagator config")
         d = dict(d)
         data = dict(d.pop("data", {}) or {})
-        split = _from_dict(SplitOptions, data.pop("split", {}) or {}, "data.split")
-        cfg = cls(data=_from_dict(DataOptions, {**data, "split": split}, "data"),
-                  prior=_from_dict(PriorOptions, d.pop("prior", {}) or {}, "prior"),
-                  corrector=_from_dict(CorrectorOptions, d.pop("corrector", {}) or {}, "corrector"),
-                  train=_from_dict(TrainOptions, d.pop("train", {}) or {}, "train"),
-                  export=_from_dict(ExportOptions, d.pop("export", {}) or {}, "export"), **d)
+        section = "propagator config section '{}'".format
+        split = options_from_dict(SplitOptions, data.pop("split", {}) or {}, section("data.split"))
+        cfg = cls(data=options_from_dict(DataOptions, {**data, "split": split}, section("data")),
+                  prior=options_from_dict(PriorOptions, d.pop("prior", {}) or {}, section("prior")),
+                  corrector=options_from_dict(CorrectorOptions, d.pop("corrector", {}) or {}, section("corrector")),
+                  train=options_from_dict(TrainOptions, d.pop("train", {}) or {}, section("train")),
+                  export=options_from_dict(ExportOptions, d.pop("export", {}) or {}, section("export")), **d)
         cfg.check()
         return cfg
 

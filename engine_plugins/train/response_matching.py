@@ -39,7 +39,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -53,18 +53,11 @@ from engine_plugins.methods.response_matching.noise import (
     repulsion_radii,
     rm_loss,
 )
+from engine_plugins.options import check_known, options_from_dict
 from engine_plugins.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from engine_plugins.train.gpff import read_config_file
 
 CHECKPOINT_VERSION = 1
-
-
-def _from_dict(cls, d: Dict[str, Any], section: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"RM config section '{section}': unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**d)
 
 
 @dataclass
@@ -111,13 +104,10 @@ class RMTrainConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "RMTrainConfig":
-        top = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - top)
-        if unknown:
-            raise ValueError(f"RM config: unknown key(s) {unknown}; known: {sorted(top)}")
+        check_known(cls, d, "RM config")
         d = dict(d)
-        data = _from_dict(RMDataOptions, d.pop("data", {}) or {}, "data")
-        train = _from_dict(RMTrainOptions, d.pop("train", {}) or {}, "train")
+        data = options_from_dict(RMDataOptions, d.pop("data", {}) or {}, "RM config section 'data'")
+        train = options_from_dict(RMTrainOptions, d.pop("train", {}) or {}, "RM config section 'train'")
         noise = RMNoiseConfig.from_dict(d.pop("noise", {}) or {})
         cfg = cls(data=data, train=train, noise=noise, **d)
         from engine_plugins.methods.response_matching.model import RelaxDefaults, RMModelConfig

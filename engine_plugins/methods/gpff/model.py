@@ -19,7 +19,7 @@ range keeps about the resolution of nequip's 8 functions over 5-6 A.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -36,6 +36,7 @@ from engine_plugins.nn.nequip_backbone import (
     nequip_stages,
     script_nequip_model,
 )
+from engine_plugins.options import options_from_dict
 
 from nequip.data import AtomicDataDict  # noqa: E402
 from nequip.nn import AtomwiseLinear, ConvNetLayer, PerTypeScaleShift, SequentialGraphNetwork  # noqa: E402
@@ -76,11 +77,7 @@ class GPFFModelConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GPFFModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TypeError(f"unknown GPFF model option(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return options_from_dict(cls, d, "GPFF model options")
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -220,10 +217,7 @@ class SamplerDefaults:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "SamplerDefaults":
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise TypeError(f"unknown sampler option(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+        return options_from_dict(cls, d, "sampler options")
 
 
 def gpff_metadata(model_config: GPFFModelConfig, noise: Optional[NoiseConfig] = None,

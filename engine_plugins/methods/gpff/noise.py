@@ -38,6 +38,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from engine_plugins.options import options_from_dict
+
 #: Spring constant of the quadratic pseudo-energy, in the artifact's energy / length^2 units.
 SPRING_CONSTANT = 1.0
 PSEUDO_ENERGY_UNITS = {"length": "angstrom", "energy": "eV", "time": "ps"}
@@ -86,10 +88,7 @@ class NoiseConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "NoiseConfig":
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise TypeError(f"unknown noise option(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+        return options_from_dict(cls, d, "noise options")
 
 
 def loss_weight(sigma: torch.Tensor, cap: float = 100.0) -> torch.Tensor:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -46,6 +46,7 @@ from engine_plugins.nn.nequip_backbone import (
     _DTYPES,
     script_nequip_model,
 )
+from engine_plugins.options import options_from_dict
 
 from e3nn import o3  # noqa: E402
 from e3nn.util.jit import compile_mode  # noqa: E402
@@ -122,11 +123,7 @@ class FlowModelConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "FlowModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown flow model option(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return options_from_dict(cls, d, "flow model options")
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

@@ -16,7 +16,7 @@ atoms' sum is the energy.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -31,6 +31,7 @@ from engine_plugins.nn.nequip_backbone import (
     nequip_stages,
     script_nequip_model,
 )
+from engine_plugins.options import options_from_dict
 
 from nequip.data import AtomicDataDict  # noqa: E402
 from nequip.nn import SequentialGraphNetwork  # noqa: E402
@@ -64,11 +65,7 @@ class RMModelConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "RMModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TypeError(f"unknown RM model option(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return options_from_dict(cls, d, "RM model options")
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -225,10 +222,7 @@ class RelaxDefaults:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "RelaxDefaults":
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise TypeError(f"unknown relax option(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+        return options_from_dict(cls, d, "relax options")
 
 
 def rm_metadata(model_config: RMModelConfig, noise: Optional[RMNoiseConfig] = None,

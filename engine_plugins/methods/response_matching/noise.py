@@ -56,6 +56,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from engine_plugins.options import options_from_dict
+
 SPRING_CONSTANT = 1.0  # eV/A^2
 PSEUDO_ENERGY_UNITS = {"length": "angstrom", "energy": "eV", "time": "ps"}
 DISTRIBUTIONS = ("loguniform", "lognormal")
@@ -95,10 +97,7 @@ class RMNoiseConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "RMNoiseConfig":
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise TypeError(f"unknown RM noise option(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+        return options_from_dict(cls, d, "RM noise options")
 
 
 def sample_loguniform(n: int, lo: float, hi: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -259,6 +259,13 @@ def _grid(n: int, ncols: int = 4):
     return plt, fig, axes.flat
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_msd_curves(results: dict[str, dict[str, Any]], path: Path, label: str) -> Path:
     plt, fig, axes = _grid(len(results))
     for ax, (cid, r) in zip(axes, results.items()):
@@ -271,10 +278,7 @@ def plot_msd_curves(results: dict[str, dict[str, Any]], path: Path, label: str) 
         ax.set_xlabel("lag (ps)")
         ax.set_ylabel("MSD (Å²)")
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_parity(results: dict[str, dict[str, Any]], mobile: Sequence[str], agg: dict[str, Any], path: Path,
@@ -300,10 +304,7 @@ def plot_parity(results: dict[str, dict[str, Any]], mobile: Sequence[str], agg: 
     ax.set_xlabel("reference MSD at t_ref (Å²)")
     ax.set_ylabel(f"{label} MSD at t_ref (Å²)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_rdfs(results: dict[str, dict[str, Any]], path: Path, label: str) -> Path | None:
@@ -320,10 +321,7 @@ def plot_rdfs(results: dict[str, dict[str, Any]], path: Path, label: str) -> Pat
         ax.set_xlabel("r (Å)")
         ax.set_ylabel("g(r)")
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _fmt(v: Any, spec: str = ".3g") -> str:

@@ -283,6 +283,17 @@ def run_standalone(art: Any, tasks: Sequence[GenerationTask], starts: Sequence[n
     return GenerationResult(out, nfe, "standalone", settings["sampler"], time.perf_counter() - t0, dict(info))
 
 
+def _packed(tasks: Sequence[GenerationTask], starts: Sequence[np.ndarray], cutoff: float
+            ) -> Tuple[np.ndarray, np.ndarray, List[str], np.ndarray]:
+    """Every molecule in one engine run: (offsets, positions on a grid beyond the cutoff, symbols, fixed mask)."""
+    offsets = _grid_offsets(tasks, starts, cutoff)
+    pos = np.concatenate([s + o for s, o in zip(starts, offsets)])
+    types = [s for t in tasks for s in t.symbols]
+    fixed = np.concatenate([np.zeros(len(t.symbols), bool) if t.fixed is None else np.asarray(t.fixed, bool)
+                            for t in tasks])
+    return offsets, pos, types, fixed
+
+
 def run_openmm(art: Any, tasks: Sequence[GenerationTask], starts: Sequence[np.ndarray], coeffs: Sequence[float],
                sampler: str, platform: str = "Reference", noise: Optional[Sequence[float]] = None,
                seed: int = 0) -> GenerationResult:
@@ -297,11 +308,7 @@ def run_openmm(art: Any, tasks: Sequence[GenerationTask], starts: Sequence[np.nd
 
     t0 = time.perf_counter()
     meta = art.metadata
-    offsets = _grid_offsets(tasks, starts, meta.cutoff)
-    pos = np.concatenate([s + o for s, o in zip(starts, offsets)])
-    types = [s for t in tasks for s in t.symbols]
-    fixed = np.concatenate([np.zeros(len(t.symbols), bool) if t.fixed is None else np.asarray(t.fixed, bool)
-                            for t in tasks])
+    offsets, pos, types, fixed = _packed(tasks, starts, meta.cutoff)
     nm_to_model = length_factor(OPENMM_UNITS["length"], meta.units["length"])
     e_to_kj = energy_factor(meta.units["energy"], OPENMM_UNITS["energy"])
     unit = 1.0 / (e_to_kj * nm_to_model ** 2)  # c (model units) -> OpenMM's f (kJ/mol/nm) to nm
@@ -346,11 +353,7 @@ def run_lammps(art: Any, tasks: Sequence[GenerationTask], starts: Sequence[np.nd
 
     t0 = time.perf_counter()
     meta = art.metadata
-    offsets = _grid_offsets(tasks, starts, meta.cutoff)
-    pos = np.concatenate([s + o for s, o in zip(starts, offsets)])
-    types = [s for t in tasks for s in t.symbols]
-    fixed = np.concatenate([np.zeros(len(t.symbols), bool) if t.fixed is None else np.asarray(t.fixed, bool)
-                            for t in tasks])
+    offsets, pos, types, fixed = _packed(tasks, starts, meta.cutoff)
     with tempfile.TemporaryDirectory() as tmp:
         wd = Path(workdir or tmp)
         wd.mkdir(parents=True, exist_ok=True)

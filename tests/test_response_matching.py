@@ -327,7 +327,7 @@ def test_evaluate_rm_reports_repair_and_the_reference_energy(tmp_path):
     from engine_plugins.methods.response_matching.relax import make_calculator
 
     rep = evaluate_rm(SHIPPED, tmp_path, levels=[(0.1, 0.02)], engines=["standalone"], names=["MgO-rocksalt"],
-                      seeds=2, first_seed=3, screening_sizes=(0.1, 0.3), progress=False)
+                      seeds=2, first_seed=3, screening_sizes=(0.1, 0.3), progress=False, search_kicks=0)
     rows = rep["rows"]
     assert [r["seed"] for r in rows] == [3, 4]
     assert all(r["standalone"]["matched"] for r in rows)
@@ -342,3 +342,52 @@ def test_evaluate_rm_reports_repair_and_the_reference_energy(tmp_path):
     md = markdown(rep)
     assert "noise seed 3-4" in md and "below the reference" in md
     assert json.loads((tmp_path / "rm_eval.json").read_text())["settings"]["first_seed"] == 3
+
+
+def test_relax_kick_relax_keeps_the_lowest_and_is_seeded():
+    """RM's relax -> kick -> relax: no kicks is the plain relaxation bit for bit; with kicks the result is
+    the lowest of all relaxations, accepted kicks strictly lowered the energy, the same seed repeats the
+    run, and bad kick settings are refused with the fix."""
+    from engine_plugins.methods.response_matching.relax import RelaxInputError, relax_structure, relax_with_kicks
+
+    ref = build_crystal("Si-diamond", cutoff=3.5, factor=2.0)
+    start = perturb_crystal(ref, displacement=0.3, strain=0.05, seed=5)
+
+    def relax(p, c):
+        return relax_structure(SHIPPED, start.symbols, p, c, relax_cell=True, fmax=0.02, max_steps=300)
+
+    plain = relax(start.positions, start.cell)
+    none = relax_with_kicks(relax, start.positions, start.cell, kicks=0)
+    np.testing.assert_array_equal(none.positions, plain.positions)
+    assert none.info["energies"] == [plain.energy] and none.info["kicks_accepted"] == 0
+
+    a = relax_with_kicks(relax, start.positions, start.cell, kicks=3, kick_size=0.4, seed=2)
+    es = a.info["energies"]
+    assert len(es) == 4 and es[0] == plain.energy
+    assert a.energy == min(es)
+    assert a.info["kicks_accepted"] == sum(e < min(es[:k + 1]) for k, e in enumerate(es[1:]))
+    b = relax_with_kicks(relax, start.positions, start.cell, kicks=3, kick_size=0.4, seed=2)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    for bad in ({"kicks": -1}, {"kicks": 1, "kick_size": 0.0}, {"kicks": 1, "kick_size": float("nan")}):
+        with pytest.raises(RelaxInputError, match="kick"):
+            relax_with_kicks(relax, start.positions, start.cell, **bad)
+
+
+def test_evaluate_rm_searches_for_minima_below_the_prototype(tmp_path):
+    """The minima search reports, per prototype, the lowest pseudo-energy relax -> kick -> relax found
+    from it, and calls it spurious exactly when it is lower than the prototype's and does not match it;
+    repair relaxations with kicks record every relaxation's energy and keep the lowest."""
+    from engine_plugins.methods.response_matching.evaluate import evaluate_rm, markdown
+
+    rep = evaluate_rm(SHIPPED, tmp_path, levels=[(0.1, 0.02)], engines=["standalone"], names=["MgO-rocksalt"],
+                      screening_sizes=(0.1, 0.3), progress=False, kicks=1, kick_size=0.3, search_kicks=2)
+    row = rep["rows"][0]["standalone"]
+    assert len(row["E_per_atom_each"]) == 2 and row["E_per_atom"] == pytest.approx(min(row["E_per_atom_each"]))
+    ms = rep["screening"]["minima_search"]
+    (pc,) = ms["per_crystal"]
+    assert pc["E_lowest_found_per_atom"] <= pc["E_ref_per_atom"] + 1e-3  # relaxing the prototype cannot go far up
+    assert pc["spurious_minimum"] == (pc["E_lowest_found_per_atom"] < pc["E_ref_per_atom"] - 1e-3
+                                      and not pc["lowest_matches_reference"])
+    assert ms["fraction_reference_lowest"] == (0.0 if pc["spurious_minimum"] else 1.0)
+    md = markdown(rep)
+    assert "1 kicks of 0.3 A" in md and "search for lower minima" in md

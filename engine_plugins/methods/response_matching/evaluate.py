@@ -14,6 +14,12 @@
    composition (``fraction_ranked_correctly``): the same atoms at random positions in the reference
    cell, species permuted over the sites (compounds), and, for elements, the other cubic lattices
    (fcc/bcc/sc/diamond) at the reference volume per atom.
+3. **Search for lower minima.** From each prototype, response matching's own generation recipe
+   (relax -> kick -> relax, ``relax_with_kicks``, ``search_kicks`` kicks of ``kick_size`` A) looks for
+   structures the learned pseudo-energy puts below the prototype; one that is lower by more than
+   1 meV/atom and does not match the prototype is a spurious minimum (the screening premise fails
+   there, and relaxations from noise can end in it). ``kicks`` > 0 also applies the recipe to
+   every repair relaxation (default 0: one plain relaxation).
 
 Writes ``rm_eval.json`` and ``rm_eval.md`` and prints the markdown.
 """
@@ -71,14 +77,15 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
                 engines: Sequence[str] = ("standalone", "lammps"), names: Optional[Sequence[str]] = None,
                 seeds: int = 1, min_width: float = 7.0, fmax: float = 0.01, max_steps: int = 1000,
                 lammps_ftol: float = 1e-4, screening_sizes: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
-                progress: bool = True, first_seed: int = 0) -> Dict[str, Any]:
+                progress: bool = True, first_seed: int = 0, kicks: int = 0, kick_size: float = 0.4,
+                search_kicks: int = 4) -> Dict[str, Any]:
     """Run the measurements (see module doc); returns the report dict and writes JSON + markdown."""
     from tqdm.auto import tqdm
 
     from engine_plugins.analysis.validity import fraction_ranked_correctly, match_crystal, rank_correlation
     from engine_plugins.data.crystals import CRYSTAL_PROTOTYPES, build_crystal, perturb_crystal
     from engine_plugins.export.artifact import load_artifact
-    from engine_plugins.methods.response_matching.relax import make_calculator, relax_structure
+    from engine_plugins.methods.response_matching.relax import make_calculator, relax_structure, relax_with_kicks
 
     art = load_artifact(model)
     names = list(names or CRYSTAL_PROTOTYPES)
@@ -102,19 +109,24 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
             t0 = time.perf_counter()
             try:
                 if engine == "standalone":
-                    r = relax_structure(art, noisy.symbols, noisy.positions, noisy.cell, relax_cell=True,
-                                        fmax=fmax, max_steps=max_steps)
+                    def relax(p, c, symbols=noisy.symbols):
+                        return relax_structure(art, symbols, p, c, relax_cell=True, fmax=fmax, max_steps=max_steps)
                 else:
                     from engine_plugins.engines.relax_cell import relax_lammps
 
-                    r = relax_lammps(art, noisy.symbols, noisy.positions, noisy.cell, box_relax=True,
-                                     ftol=lammps_ftol, max_iterations=max_steps)
+                    def relax(p, c, symbols=noisy.symbols):
+                        return relax_lammps(art, symbols, p, c, box_relax=True, ftol=lammps_ftol,
+                                            max_iterations=max_steps)
+                r = relax_with_kicks(relax, noisy.positions, noisy.cell, kicks=kicks, kick_size=kick_size, seed=seed)
                 m = match_crystal(r.to_structure(n), ref)
                 e_rel = float(r.energy) / ref.n_atoms
                 row[engine] = {"matched": m.matched, "rms": m.rms, "volume_ratio": m.volume_ratio,
                                "E_per_atom": e_rel, "below_reference": e_rel < e_ref[n] - 1e-4,
                                "steps": r.steps, "converged": r.converged, "fmax": r.fmax,
                                "seconds": round(time.perf_counter() - t0, 2)}
+                if kicks:
+                    row[engine]["kicks_accepted"] = r.info["kicks_accepted"]
+                    row[engine]["E_per_atom_each"] = [e / ref.n_atoms for e in r.info["energies"]]
             except Exception as exc:  # noqa: BLE001 - a failed relaxation counts as not matched, with the reason
                 row[engine] = {"matched": False, "error": f"{type(exc).__name__}: {exc}"[:300],
                                "seconds": round(time.perf_counter() - t0, 2)}
@@ -159,10 +171,31 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
                  "decoys_fraction_above_equilibrium": fraction_ranked_correctly([p[0] for p in pairs], [p[1] for p in pairs]),
                  "n_decoys": len(pairs), "per_crystal": dec_rows}
 
+    # lower minima than the prototype, found by the method's relax -> kick -> relax from the prototype
+    search_rows = []
+    for n in tqdm(names if search_kicks > 0 else [], desc="rm minima search", disable=not progress, dynamic_ncols=True):
+        ref = refs[n]
+
+        def relax_ref(p, c, symbols=ref.symbols):
+            return relax_structure(art, symbols, p, c, relax_cell=True, fmax=fmax, max_steps=max_steps)
+
+        r = relax_with_kicks(relax_ref, ref.positions, ref.cell, kicks=search_kicks, kick_size=kick_size, seed=rng_seed)
+        e_low = float(r.energy) / ref.n_atoms
+        matched = match_crystal(r.to_structure(n), ref, with_rms=False).matched
+        search_rows.append({"crystal": n, "E_ref_per_atom": e_ref[n], "E_lowest_found_per_atom": e_low,
+                            "lowest_matches_reference": matched,
+                            "spurious_minimum": bool(e_low < e_ref[n] - 1e-3 and not matched)})
+    if search_rows:
+        screening["minima_search"] = {
+            "kicks": search_kicks, "kick_size": kick_size,
+            "fraction_reference_lowest": float(np.mean([not r["spurious_minimum"] for r in search_rows])),
+            "spurious": [r["crystal"] for r in search_rows if r["spurious_minimum"]], "per_crystal": search_rows}
+
     meta = art.metadata
     report = {"model": str(model), "content_hash": meta.content_hash, "method": meta.method,
               "settings": {"levels": [list(lv) for lv in levels], "engines": list(engines), "seeds": seeds,
-                           "first_seed": first_seed,
+                           "first_seed": first_seed, "kicks": kicks, "kick_size": kick_size,
+                           "search_kicks": search_kicks,
                            "min_width": min_width, "fmax": fmax, "max_steps": max_steps, "lammps_ftol": lammps_ftol,
                            "crystals": names},
               "repair": summary, "screening": screening, "rows": rows}
@@ -185,7 +218,10 @@ def markdown(report: Dict[str, Any]) -> str:
     lines = [f"# RM crystal model: repair and screening ({Path(report['model']).name})", "",
              f"{len(report['settings']['crystals'])} prototypes, supercells >= {report['settings']['min_width']} A, "
              f"{report['settings']['seeds']} noisy copy per level (noise seed {_seed_range(report['settings'])}); "
-             "StructureMatcher (ltol 0.2, stol 0.3, angle 5 deg).",
+             "StructureMatcher (ltol 0.2, stol 0.3, angle 5 deg)."
+             + (f" Each relaxation is relax -> kick -> relax with {report['settings']['kicks']} kicks of "
+                f"{report['settings']['kick_size']:g} A (the lowest pseudo-energy kept)."
+                if report["settings"].get("kicks") else " One plain relaxation each (no kicks)."),
              "", "| displacement (A) | strain | n | unrelaxed match | "
              + " | ".join(f"{e} match | {e} mean rms | {e} s/relax" for e in engines) + " |",
              "|---|---|---|---|" + "---|---|---|" * len(engines)]
@@ -211,7 +247,14 @@ def markdown(report: Dict[str, Any]) -> str:
               f"per structure (mean): {r['spearman_per_structure']:.3f}",
               f"- equilibrium below its displaced copies: {100 * r['fraction_correct']:.1f} % of {r['n_pairs']} pairs",
               f"- equilibrium below same-composition decoys: {100 * sc['decoys_fraction_above_equilibrium']:.1f} % of "
-              f"{sc['n_decoys']} decoys", ""]
+              f"{sc['n_decoys']} decoys"]
+    ms = sc.get("minima_search")
+    if ms:
+        lines += [f"- search for lower minima from each prototype (relax -> kick -> relax, {ms['kicks']} kicks of "
+                  f"{ms['kick_size']:g} A): the prototype is the lowest structure found for "
+                  f"{100 * ms['fraction_reference_lowest']:.0f} % of the prototypes"
+                  + (f"; spurious lower minima: {', '.join(ms['spurious'])}" if ms["spurious"] else "")]
+    lines += [""]
     failed = [row for row in report["rows"] if any(not row[e]["matched"] for e in engines)]
     if failed:
         lines += ["Not matched:", ""]
@@ -292,6 +335,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--fmax", type=float, default=0.01, help="standalone FIRE stop, eV/A")
     p.add_argument("--max-steps", type=int, default=1000)
     p.add_argument("--lammps-ftol", type=float, default=1e-4, help="LAMMPS minimize ftol (eV/A)")
+    p.add_argument("--kicks", type=int, default=0,
+                   help="relax -> kick -> relax: kicks after each repair relaxation, lowest pseudo-energy kept (default 0)")
+    p.add_argument("--kick-size", type=float, default=0.4, help="kick: Gaussian displacement per component, A")
+    p.add_argument("--search-kicks", type=int, default=4,
+                   help="kicks in the search for minima below each prototype (0: skip the search)")
     p.add_argument("--card", help="also write a model card (markdown) for the model to this path")
     p.add_argument("--card-command", default="", help="commands to quote in the card")
     p.add_argument("--no-progress", action="store_true")
@@ -314,7 +362,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = evaluate_rm(args.model, args.output, args.levels, args.engines, args.crystals, args.seeds,
                              args.min_width, args.fmax, args.max_steps, args.lammps_ftol,
-                             progress=not args.no_progress, first_seed=args.first_seed)
+                             progress=not args.no_progress, first_seed=args.first_seed, kicks=args.kicks,
+                             kick_size=args.kick_size, search_kicks=args.search_kicks)
     finally:
         torch.set_num_threads(threads)
     print(markdown(report))

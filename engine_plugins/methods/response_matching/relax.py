@@ -9,13 +9,19 @@ energy, forces and, when the artifact exports ``energy_forces_virial`` (RM model
 ``UnitCellFilter`` (``relax_cell=True``, zero target pressure) or fixed (``relax_cell=False``).
 It stops when every atom force and every cell-filter force is below ``fmax`` (the filter's cell
 forces are the virial ``-V sigma`` divided by N, eV per atom) or after ``max_steps`` steps.
+
+:func:`relax_with_kicks` is response matching's generation recipe (relax -> kick -> relax): after
+the first relaxation, kick the best structure so far with Gaussian displacements, relax again, and
+keep the result when its pseudo-energy is lower (greedy basin hopping). It wraps any relaxation,
+standalone or in an engine, because a single relaxation stops in the first basin it meets, and
+at large starting noise that is often not the prototype's.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -180,5 +186,35 @@ def relax_structure(model: Any, symbols: Sequence[str], positions: np.ndarray, c
                                                                        "cell_filter": "UnitCellFilter" if relax_cell else None})
 
 
+def relax_with_kicks(relax: Callable[[np.ndarray, Optional[np.ndarray]], RelaxResult], positions: np.ndarray,
+                     cell: Optional[np.ndarray], kicks: int = 0, kick_size: float = 0.2, seed: int = 0) -> RelaxResult:
+    """Relax, then ``kicks`` times: displace the best structure so far, relax, keep it if lower.
+
+    ``relax(positions, cell)`` is any relaxation returning a :class:`RelaxResult` (e.g. a
+    ``functools.partial`` of :func:`relax_structure` or of the LAMMPS ``relax_lammps``);
+    ``kick_size`` is the standard deviation (A) of each Cartesian kick component; the cell is not
+    kicked (the relaxation moves it). ``info`` of the result records every relaxation's energy,
+    how many kicks were accepted and the steps summed over all relaxations.
+    """
+    if kicks < 0 or not (kick_size > 0.0 and np.isfinite(kick_size)):
+        raise RelaxInputError(f"kicks must be >= 0 and kick_size > 0 A (got kicks={kicks}, kick_size={kick_size}); "
+                              "fix: e.g. kicks=4, kick_size=0.2")
+    best = relax(np.asarray(positions, float), None if cell is None else np.asarray(cell, float))
+    energies = [float(best.energy)]
+    total_steps = int(best.steps)
+    accepted = 0
+    rng = np.random.default_rng(seed)
+    for _ in range(int(kicks)):
+        start = best.positions + rng.normal(0.0, kick_size, size=best.positions.shape)
+        trial = relax(start, best.cell)
+        energies.append(float(trial.energy))
+        total_steps += int(trial.steps)
+        if np.isfinite(trial.energy) and trial.energy < best.energy:
+            best, accepted = trial, accepted + 1
+    best.info.update({"kicks": int(kicks), "kick_size": float(kick_size), "kick_seed": int(seed),
+                      "kicks_accepted": accepted, "energies": energies, "total_steps": total_steps})
+    return best
+
+
 __all__ = ["PseudoForceCalculator", "RelaxInputError", "RelaxResult", "check_structure", "make_calculator",
-           "relax_structure"]
+           "relax_structure", "relax_with_kicks"]

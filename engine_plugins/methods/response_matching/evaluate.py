@@ -76,7 +76,7 @@ def decoys(structure, seed: int = 0) -> List[Tuple[str, Any]]:
 def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: Sequence[Tuple[float, float]] = DEFAULT_LEVELS,
                 engines: Sequence[str] = ("standalone", "lammps"), names: Optional[Sequence[str]] = None,
                 seeds: int = 1, min_width: float = 7.0, fmax: float = 0.01, max_steps: int = 1000,
-                lammps_ftol: float = 1e-4, screening_sizes: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
+                lammps_ftol: float = 1e-4, lammps_vmax: float = 0.01, screening_sizes: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
                 progress: bool = True, first_seed: int = 0, kicks: int = 0, kick_size: float = 0.4,
                 search_kicks: int = 4) -> Dict[str, Any]:
     """Run the measurements (see module doc); returns the report dict and writes JSON + markdown."""
@@ -116,7 +116,7 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
 
                     def relax(p, c, symbols=noisy.symbols):
                         return relax_lammps(art, symbols, p, c, box_relax=True, ftol=lammps_ftol,
-                                            max_iterations=max_steps)
+                                            max_iterations=max_steps, vmax=lammps_vmax)
                 r = relax_with_kicks(relax, noisy.positions, noisy.cell, kicks=kicks, kick_size=kick_size, seed=seed)
                 m = match_crystal(r.to_structure(n), ref)
                 e_rel = float(r.energy) / ref.n_atoms
@@ -197,6 +197,7 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
                            "first_seed": first_seed, "kicks": kicks, "kick_size": kick_size,
                            "search_kicks": search_kicks,
                            "min_width": min_width, "fmax": fmax, "max_steps": max_steps, "lammps_ftol": lammps_ftol,
+                           "lammps_vmax": lammps_vmax,
                            "crystals": names},
               "repair": summary, "screening": screening, "rows": rows}
     (out / "rm_eval.json").write_text(json.dumps(report, indent=1))
@@ -221,7 +222,10 @@ def markdown(report: Dict[str, Any]) -> str:
              "StructureMatcher (ltol 0.2, stol 0.3, angle 5 deg)."
              + (f" Each relaxation is relax -> kick -> relax with {report['settings']['kicks']} kicks of "
                 f"{report['settings']['kick_size']:g} A (the lowest pseudo-energy kept)."
-                if report["settings"].get("kicks") else " One plain relaxation each (no kicks)."),
+                if report["settings"].get("kicks") else " One plain relaxation each (no kicks).")
+             + (f" LAMMPS: `minimize` (cg, ftol {report['settings']['lammps_ftol']:g}, at most "
+                f"{report['settings']['max_steps']} iterations) with `fix box/relax tri 0.0 vmax "
+                f"{report['settings'].get('lammps_vmax', 0.001):g}`." if "lammps" in engines else ""),
              "", "| displacement (A) | strain | n | unrelaxed match | "
              + " | ".join(f"{e} match | {e} mean rms | {e} s/relax" for e in engines) + " |",
              "|---|---|---|---|" + "---|---|---|" * len(engines)]
@@ -335,6 +339,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--fmax", type=float, default=0.01, help="standalone FIRE stop, eV/A")
     p.add_argument("--max-steps", type=int, default=1000)
     p.add_argument("--lammps-ftol", type=float, default=1e-4, help="LAMMPS minimize ftol (eV/A)")
+    p.add_argument("--lammps-vmax", type=float, default=0.01,
+                   help="fix box/relax vmax: largest fractional volume change per iteration")
     p.add_argument("--kicks", type=int, default=0,
                    help="relax -> kick -> relax: kicks after each repair relaxation, lowest pseudo-energy kept (default 0)")
     p.add_argument("--kick-size", type=float, default=0.4, help="kick: Gaussian displacement per component, A")
@@ -361,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     try:
         report = evaluate_rm(args.model, args.output, args.levels, args.engines, args.crystals, args.seeds,
-                             args.min_width, args.fmax, args.max_steps, args.lammps_ftol,
+                             args.min_width, args.fmax, args.max_steps, args.lammps_ftol, args.lammps_vmax,
                              progress=not args.no_progress, first_seed=args.first_seed, kicks=args.kicks,
                              kick_size=args.kick_size, search_kicks=args.search_kicks)
     finally:

@@ -390,4 +390,4 @@ def test_evaluate_rm_searches_for_minima_below_the_prototype(tmp_path):
                                       and not pc["lowest_matches_reference"])
     assert ms["fraction_reference_lowest"] == (0.0 if pc["spurious_minimum"] else 1.0)
     md = markdown(rep)
-    assert "1 kicks of 0.3 A" in md and "search for lower minima" in md
+    assert "1 kick(s) of 0.3 A" in md and "search for lower minima" in md

@@ -93,7 +93,8 @@ def relax_lammps(model: Any, symbols: Sequence[str], positions: np.ndarray, cell
     """LAMMPS ``minimize`` of a periodic structure, with ``fix box/relax`` when ``box_relax``.
 
     ``vmax`` (largest fractional volume change per iteration) is 0.01, not 0.001: a cell strained by
-    8 % needed more than 1000 iterations at 0.001 and about 340 at 0.01 (LiF, 0.5 A noise, measured).
+    8 % did not converge in 1000 iterations at 0.001 and took 340 at 0.01 (rm_crystals v4, LiF at 0.5 A
+    noise: the ``steps`` of ``engine-plugins evaluate-rm ... --lammps-vmax 0.001`` vs the default).
     """
     from engine_plugins.engines.lammps_backend import commands, make_lammps
 

@@ -93,6 +93,16 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
     if bad:
         raise ValueError(f"unknown engine(s) {bad}; use standalone and/or lammps")
     refs = {n: build_crystal(n, cutoff=0.5 * min_width, factor=2.0) for n in names}
+
+    def relaxer(engine: str, symbols: Sequence[str]):
+        """``relax(positions, cell)`` with the cell free, in ``engine`` (for ``relax_with_kicks``)."""
+        if engine == "standalone":
+            return lambda p, c: relax_structure(art, symbols, p, c, relax_cell=True, fmax=fmax, max_steps=max_steps)
+        from engine_plugins.engines.relax_cell import relax_lammps
+
+        return lambda p, c: relax_lammps(art, symbols, p, c, box_relax=True, ftol=lammps_ftol,
+                                         max_iterations=max_steps, vmax=lammps_vmax)
+
     calc = make_calculator(art)
     e_ref = {n: _pe_per_atom(calc, refs[n]) for n in names}
     out = Path(output)
@@ -108,16 +118,8 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
         for engine in engines:
             t0 = time.perf_counter()
             try:
-                if engine == "standalone":
-                    def relax(p, c, symbols=noisy.symbols):
-                        return relax_structure(art, symbols, p, c, relax_cell=True, fmax=fmax, max_steps=max_steps)
-                else:
-                    from engine_plugins.engines.relax_cell import relax_lammps
-
-                    def relax(p, c, symbols=noisy.symbols):
-                        return relax_lammps(art, symbols, p, c, box_relax=True, ftol=lammps_ftol,
-                                            max_iterations=max_steps, vmax=lammps_vmax)
-                r = relax_with_kicks(relax, noisy.positions, noisy.cell, kicks=kicks, kick_size=kick_size, seed=seed)
+                r = relax_with_kicks(relaxer(engine, noisy.symbols), noisy.positions, noisy.cell, kicks=kicks,
+                                     kick_size=kick_size, seed=seed)
                 m = match_crystal(r.to_structure(n), ref)
                 e_rel = float(r.energy) / ref.n_atoms
                 row[engine] = {"matched": m.matched, "rms": m.rms, "volume_ratio": m.volume_ratio,
@@ -175,11 +177,7 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
     search_rows = []
     for n in tqdm(names if search_kicks > 0 else [], desc="rm minima search", disable=not progress, dynamic_ncols=True):
         ref = refs[n]
-
-        def relax_ref(p, c, symbols=ref.symbols):
-            return relax_structure(art, symbols, p, c, relax_cell=True, fmax=fmax, max_steps=max_steps)
-
-        r = relax_with_kicks(relax_ref, ref.positions, ref.cell, kicks=search_kicks, kick_size=kick_size, seed=rng_seed)
+        r = relax_with_kicks(relaxer("standalone", ref.symbols), ref.positions, ref.cell, kicks=search_kicks, kick_size=kick_size, seed=rng_seed)
         e_low = float(r.energy) / ref.n_atoms
         matched = match_crystal(r.to_structure(n), ref, with_rms=False).matched
         search_rows.append({"crystal": n, "E_ref_per_atom": e_ref[n], "E_lowest_found_per_atom": e_low,
@@ -220,7 +218,7 @@ def markdown(report: Dict[str, Any]) -> str:
              f"{len(report['settings']['crystals'])} prototypes, supercells >= {report['settings']['min_width']} A, "
              f"{report['settings']['seeds']} noisy copy per level (noise seed {_seed_range(report['settings'])}); "
              "StructureMatcher (ltol 0.2, stol 0.3, angle 5 deg)."
-             + (f" Each relaxation is relax -> kick -> relax with {report['settings']['kicks']} kicks of "
+             + (f" Each relaxation is relax -> kick -> relax with {report['settings']['kicks']} kick(s) of "
                 f"{report['settings']['kick_size']:g} A (the lowest pseudo-energy kept)."
                 if report["settings"].get("kicks") else " One plain relaxation each (no kicks).")
              + (f" LAMMPS: `minimize` (cg, ftol {report['settings']['lammps_ftol']:g}, at most "
@@ -254,7 +252,7 @@ def markdown(report: Dict[str, Any]) -> str:
               f"{sc['n_decoys']} decoys"]
     ms = sc.get("minima_search")
     if ms:
-        lines += [f"- search for lower minima from each prototype (relax -> kick -> relax, {ms['kicks']} kicks of "
+        lines += [f"- search for lower minima from each prototype (relax -> kick -> relax, {ms['kicks']} kick(s) of "
                   f"{ms['kick_size']:g} A): the prototype is the lowest structure found for "
                   f"{100 * ms['fraction_reference_lowest']:.0f} % of the prototypes"
                   + (f"; spurious lower minima: {', '.join(ms['spurious'])}" if ms["spurious"] else "")]

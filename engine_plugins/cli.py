@@ -90,6 +90,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return bench_generate(model=args.model, data=args.data, molecules=args.molecules, nfe=args.nfe,
                               sampler=args.sampler, sigma_start=args.sigma_start, rounds=args.rounds,
                               output=args.output)
+    if args.what == "device":
+        from engine_plugins.bench.device import TASKS, main as bench_device
+
+        return bench_device(args.tasks or TASKS, replicas=args.replicas, jumps=args.jumps, md_steps=args.md_steps,
+                            molecules=args.molecules, nfe=args.nfe, train_steps=args.train_steps,
+                            molecules_dir=args.data, transport=args.transport, output=args.output)
     raise SystemExit(f"unknown benchmark '{args.what}'")
 
 
@@ -167,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
-    s.add_argument("what", choices=["engines", "propagate", "generate"])
+    s.add_argument("what", choices=["engines", "propagate", "generate", "device"])
     s.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4000])
     s.add_argument("--repeats", type=int, default=5, help="evaluations per path per round")
     s.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is reported)")
@@ -180,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     from engine_plugins.methods.gpff.cli_args import add_bench_generate_arguments
 
     add_bench_generate_arguments(s)
+    from engine_plugins.bench.device import TASKS
+
+    g = s.add_argument_group("bench device (every standalone path and training loop on the CPU and on CUDA)")
+    g.add_argument("--tasks", nargs="+", choices=TASKS, help="default: all")
+    g.add_argument("--replicas", type=int, nargs="+", default=[1, 3], help="tile the propagated systems r x r x r")
+    g.add_argument("--train-steps", type=int, default=20, help="timed optimizer steps (after 5 warm-up steps)")
+    g.add_argument("--transport", help="transport trajectories (engine-plugins simulate transport) for train-propagator")
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("demo", help="reference MD of a built-in system in LAMMPS and OpenMM with a shipped model")

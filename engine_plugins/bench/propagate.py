@@ -127,34 +127,42 @@ def reference_water(temperature: float, steps: int, threads: int, platform: str 
 
 # ------------------------------------------------------------------------------------ learned paths
 def learned_standalone(model: Path, corrector: Path | None, pos, box, names, temperature: float, jumps: int,
-                       warmup: int = 2) -> dict:
+                       warmup: int = 2, device: str = "cpu") -> dict:
+    """The scripted FlowJump called from Python on ``device`` (timed with the device synchronised)."""
     import torch
 
     from engine_plugins.export.artifact import read_metadata
     from engine_plugins.methods.propagator.sampler import build_flow_jump, type_indices
 
     meta = read_metadata(model)
-    jump = build_flow_jump(str(model), str(corrector) if corrector else None)
+    dev = torch.device(device)
+    jump = build_flow_jump(str(model), str(corrector) if corrector else None).to(dev)
     dtype = getattr(torch, meta.dtype)
-    x = torch.tensor(pos, dtype=dtype)
-    b = torch.tensor(box, dtype=dtype)
-    types = type_indices(names, meta.type_names)
-    temp = torch.full((len(pos),), float(temperature), dtype=dtype)
-    with torch.no_grad():  # as propagate() and the engines: a jump needs no gradient
+    x = torch.tensor(pos, dtype=dtype, device=dev)
+    b = torch.tensor(box, dtype=dtype, device=dev)
+    types = type_indices(names, meta.type_names).to(dev)
+    temp = torch.full((len(pos),), float(temperature), dtype=dtype, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    # as propagate(): no gradient, and plain TorchScript execution: the neighbour count changes every
+    # jump, and the profiling executor would re-optimise (on CUDA: compile fused kernels) for each size
+    with torch.jit.optimized_execution(False), torch.no_grad():
         for k in range(warmup):
             x = jump(x, types, b, temp, 1, k)
+        sync()
         t0 = time.perf_counter()
         for k in range(jumps):
             x = jump(x, types, b, temp, 1, warmup + k)
+        sync()
         wall = time.perf_counter() - t0
     if not bool(torch.isfinite(x).all()):
         raise BenchError("the standalone rollout produced non-finite positions")
-    return {"path": "learned, standalone", "engine": "standalone", "step_ps": float(jump.delta_tau_ps),
-            "steps": jumps, "wall_s": wall, "atoms": len(pos)}
+    return {"path": "learned, standalone" + (f" ({dev.type})" if dev.type != "cpu" else ""),
+            "engine": "standalone", "step_ps": float(jump.delta_tau_ps), "steps": jumps, "wall_s": wall,
+            "atoms": len(pos), "device": dev.type}
 
 
 def learned_openmm(model: Path, corrector: Path | None, pos, box, names, temperature: float, jumps: int,
-                   threads: int, warmup: int = 2) -> dict:
+                   threads: int, warmup: int = 2, platform: str = "CPU") -> dict:
     import openmm as mm
 
     from engine_plugins.engines.openmm_propagate import create_learned_integrator
@@ -167,15 +175,17 @@ def learned_openmm(model: Path, corrector: Path | None, pos, box, names, tempera
         system.addParticle(float(masses[n]))
     setup = create_learned_integrator(system, list(names), str(model), str(corrector) if corrector else None,
                                       temperature=temperature, seed=1, periodic=True)
-    ctx = mm.Context(system, setup.integrator, mm.Platform.getPlatformByName("CPU"), {"Threads": str(threads)})
+    props = {"Threads": str(threads)} if platform == "CPU" else {}
+    ctx = mm.Context(system, setup.integrator, mm.Platform.getPlatformByName(platform), props)
     ctx.setPositions(np.asarray(pos) * 0.1)
     setup.integrator.step(warmup)
     t0 = time.perf_counter()
     setup.integrator.step(jumps)
     ctx.getState(getPositions=True)
     wall = time.perf_counter() - t0
-    return {"path": "learned, OpenMM integrator", "engine": "openmm", "step_ps": setup.delta_tau_ps, "steps": jumps,
-            "wall_s": wall, "atoms": len(pos)}
+    return {"path": "learned, OpenMM integrator" + (f" ({platform})" if platform != "CPU" else ""),
+            "engine": "openmm", "step_ps": setup.delta_tau_ps, "steps": jumps, "wall_s": wall, "atoms": len(pos),
+            "device": "cuda" if platform == "CUDA" else "cpu"}
 
 
 def learned_lammps(model: Path, corrector: Path | None, pos, box, names, masses, temperature: float, jumps: int,

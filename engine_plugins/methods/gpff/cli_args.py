@@ -27,6 +27,8 @@ def add_generate_arguments(s: argparse.ArgumentParser) -> None:
     src.add_argument("--n-samples", type=int, default=1, help="structures per formula / molecule / structure")
     smp = s.add_argument_group("sampling")
     smp.add_argument("--engine", choices=ENGINES, default="standalone")
+    smp.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="where the standalone sampler runs (auto: CUDA when available)")
     smp.add_argument("--sampler", choices=SAMPLERS, help="default: the model's (metadata)")
     smp.add_argument("--nfe", type=int, help="function evaluations (default: the model's)")
     smp.add_argument("--sigma-start", help="starting noise level in Å, or 'auto' (from the force of a complete "

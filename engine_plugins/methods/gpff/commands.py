@@ -149,7 +149,8 @@ def generate_main(args: argparse.Namespace) -> int:
         tasks = cli_tasks(args, art.metadata.type_names)
         res = generate(art, tasks, engine=args.engine, sampler=args.sampler, nfe=args.nfe,
                        sigma_start=_sigma_arg(args.sigma_start), seed=args.seed, eta=args.eta, renoise=args.renoise,
-                       step=args.step, schedule=args.schedule, max_step=args.max_step)
+                       step=args.step, schedule=args.schedule, max_step=args.max_step,
+                       device=None if getattr(args, "device", "auto") == "auto" else args.device)
     except (GenerationError, SamplerError) as exc:
         print(f"engine-plugins generate: error: {exc}", file=sys.stderr)
         return 2

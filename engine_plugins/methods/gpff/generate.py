@@ -255,8 +255,11 @@ def _grid_offsets(tasks: Sequence[GenerationTask], starts: Sequence[np.ndarray],
 
 def run_standalone(art: Any, tasks: Sequence[GenerationTask], starts: Sequence[np.ndarray], settings: Dict[str, Any],
                    sigma0: Union[float, str], seed: int = 0, eta: float = 1.0, renoise: float = 0.0,
-                   max_step: Optional[float] = None, batch_atoms: int = 4000) -> GenerationResult:
-    """All tasks side by side through :func:`sample` (chunks of about ``batch_atoms`` atoms)."""
+                   max_step: Optional[float] = None, batch_atoms: int = 4000,
+                   device: Union[str, torch.device, None] = None) -> GenerationResult:
+    """All tasks side by side through :func:`sample` (chunks of about ``batch_atoms`` atoms), on
+    ``device`` (default: CUDA when available, else the CPU)."""
+    dev = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
     out: List[np.ndarray] = []
     nfe, info = 0, {}
@@ -277,7 +280,7 @@ def run_standalone(art: Any, tasks: Sequence[GenerationTask], starts: Sequence[n
                    sigma_min=settings["sigma_min"], sigma_max=max(settings["sigma_max"], float(sigma0)
                                                                   if not isinstance(sigma0, str) else 0.0),
                    schedule=settings["schedule"], rho=settings["rho"], eta=eta, step=settings["step"],
-                   renoise=renoise, max_step=max_step, segments=seg)
+                   renoise=renoise, max_step=max_step, segments=seg, device=dev)
         out += _split(r.positions[0].numpy(), sub)
         nfe, info = r.nfe, r.info
     return GenerationResult(out, nfe, "standalone", settings["sampler"], time.perf_counter() - t0, dict(info))
@@ -383,13 +386,15 @@ def generate(model: Any, tasks: Sequence[GenerationTask], *, engine: str = "stan
              sampler: Optional[str] = None, nfe: Optional[int] = None, sigma_start: Union[float, str, None] = None,
              seed: int = 0, eta: Optional[float] = None, renoise: float = 0.0, step: Optional[float] = None,
              schedule: Optional[str] = None, rho: Optional[float] = None, sigma_min: Optional[float] = None,
-             max_step: Optional[float] = None, workdir: Optional[str] = None) -> GenerationResult:
+             max_step: Optional[float] = None, workdir: Optional[str] = None,
+             device: Union[str, torch.device, None] = None) -> GenerationResult:
     """Generate every task with one engine; positions in A, one array per task.
 
     ``sigma_start``: the starting noise level (default: the model's ``role_fields.generation.sigma_start``,
     else its ``sigma_max``, when any atom is unknown, else ``"auto"``, estimated from the force at the
     given structure). ``eta`` (ancestral): the model's ``generation.eta``, else 1 = stochastic
     (standalone) / 0 = deterministic (engines; OpenMM also takes eta > 0, LAMMPS only 0).
+    ``device`` (standalone only): where the sampler runs; default CUDA when available, else the CPU.
     """
     if engine not in ENGINES:
         raise GenerationError(f"engine '{engine}': use one of {', '.join(ENGINES)}")
@@ -419,7 +424,7 @@ def generate(model: Any, tasks: Sequence[GenerationTask], *, engine: str = "stan
         raise GenerationError(f"sigma_start={s0_prior}: must be positive")
     starts = [start_positions(t, s0_prior, prior_coeff(art), rng) for t in tasks]
     if engine == "standalone":
-        res = run_standalone(art, tasks, starts, st, sigma_start, seed, eta, renoise, max_step)
+        res = run_standalone(art, tasks, starts, st, sigma_start, seed, eta, renoise, max_step, device=device)
     else:
         if st["sampler"] not in ENGINE_SAMPLERS:
             raise GenerationError(f"sampler '{st['sampler']}' does not run inside {engine}; use one of "

@@ -395,8 +395,38 @@ def sample(model: Any, types: Union[Sequence[Any], torch.Tensor], n_atoms: Optio
     and ``sigma_start="auto"`` takes one level from all of them). Needs every start position.
     Returns a :class:`SampleResult` with positions [S, N, 3] and the exact NFE.
     """
+    if isinstance(model, (str, os.PathLike)):
+        from engine_plugins.export.artifact import load_artifact
+
+        model = load_artifact(model)  # once: a run on another device moves this module there and back
     info = _model_info(model)
     module = info.module
+    home = next((p.device for p in list(module.parameters()) + list(module.buffers())), torch.device("cpu"))
+    dev = torch.device(device) if device is not None else home
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SamplerError(f"device '{dev}' asked for, but torch sees no CUDA device. Fix: device='cpu' or None")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    moved = dev != home and any(True for _ in list(module.parameters()) + list(module.buffers()))
+    if moved:  # run there, then hand the module back where it was (it may be shared with other callers)
+        module.to(dev)
+    try:
+        return _sample(info, module, types, n_atoms, init_positions, sampler, nfe, seed, fixed_mask, n_samples,
+                       sigma_max, sigma_min, sigma_start, perturb, schedule, rho, eta, step, renoise, atol, rtol,
+                       max_step, dev, return_trajectory, segments)
+    finally:
+        if moved:
+            module.to(home)
+
+
+def _sample(info: "_ModelInfo", module: torch.nn.Module, types: Union[Sequence[Any], torch.Tensor],
+            n_atoms: Optional[int], init_positions: Optional[torch.Tensor], sampler: Optional[str],
+            nfe: Optional[int], seed: int, fixed_mask: Optional[torch.Tensor], n_samples: int,
+            sigma_max: Optional[float], sigma_min: Optional[float], sigma_start: Union[float, str, None],
+            perturb: float, schedule: Optional[str], rho: Optional[float], eta: float, step: Optional[float],
+            renoise: float, atol: float, rtol: float, max_step: Optional[float], dev: torch.device,
+            return_trajectory: bool, segments: Optional[torch.Tensor]) -> SampleResult:
+    """The body of :func:`sample`, with the module already on ``dev``."""
     was_training = module.training
     module.eval()
     sampler = sampler or info.defaults.get("default_sampler", "heun")
@@ -416,8 +446,6 @@ def sample(model: Any, types: Union[Sequence[Any], torch.Tensor], n_atoms: Optio
         raise SamplerError(f"n_atoms={n_atoms} but {n} types were given")
     if n_samples < 1:
         raise SamplerError(f"n_samples={n_samples}: need at least one")
-    dev = torch.device(device) if device is not None else next(
-        (p.device for p in list(module.parameters()) + list(module.buffers())), torch.device("cpu"))
     dtype = torch.float64
     gen = torch.Generator().manual_seed(int(seed))
 

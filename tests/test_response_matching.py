@@ -209,7 +209,8 @@ needs_shipped = pytest.mark.skipif(not SHIPPED.is_file(), reason="exported_model
 
 
 @needs_shipped
-def test_lammps_box_relax_reaches_the_standalone_relaxation(lammps_plugin):
+@pytest.mark.parametrize("atoms_first", [False, True])
+def test_lammps_box_relax_reaches_the_standalone_relaxation(lammps_plugin, atoms_first, tmp_path):
     """Same trained model, same noisy start: LAMMPS minimize + fix box/relax and the standalone FIRE
     with a free cell end at the same crystal (cell lengths and fractional positions within 2e-3 A,
     angles within 0.05 deg; two different minimizers stopped at force 1e-4-1e-8 eV/A, not bit-equal).
@@ -225,8 +226,11 @@ def test_lammps_box_relax_reaches_the_standalone_relaxation(lammps_plugin):
     r_sa = relax_structure(SHIPPED, start.symbols, start.positions, start.cell, relax_cell=True, fmax=1e-4,
                            max_steps=3000)
     r_lmp = relax_lammps(SHIPPED, start.symbols, start.positions, start.cell, box_relax=True, ftol=1e-7,
-                         max_iterations=2000)
-    assert r_sa.converged
+                         max_iterations=2000, atoms_first=atoms_first, workdir=tmp_path)
+    script = (tmp_path / "in.relax").read_text()
+    assert script.count("minimize ") == (2 if atoms_first else 1)
+    assert script.index("box/relax") > script.index("minimize ") if atoms_first else "box/relax" in script
+    assert r_sa.converged and r_lmp.converged and r_lmp.info["atoms_first"] == atoms_first
     dlen, dang, dpos = _same_structure_up_to_rotation(r_sa, r_lmp)
     assert dlen < 2e-3 and dang < 0.05 and dpos < 2e-3, (dlen, dang, dpos)
     assert abs(r_sa.energy - r_lmp.energy) < 1e-5 * len(ref.symbols)

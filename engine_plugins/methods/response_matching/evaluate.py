@@ -78,7 +78,7 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
                 seeds: int = 1, min_width: float = 7.0, fmax: float = 0.01, max_steps: int = 1000,
                 lammps_ftol: float = 1e-4, lammps_vmax: float = 0.01, screening_sizes: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
                 progress: bool = True, first_seed: int = 0, kicks: int = 0, kick_size: float = 0.4,
-                search_kicks: int = 4) -> Dict[str, Any]:
+                search_kicks: int = 4, lammps_atoms_first: bool = False) -> Dict[str, Any]:
     """Run the measurements (see module doc); returns the report dict and writes JSON + markdown."""
     from tqdm.auto import tqdm
 
@@ -101,7 +101,7 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
         from engine_plugins.engines.relax_cell import relax_lammps
 
         return lambda p, c: relax_lammps(art, symbols, p, c, box_relax=True, ftol=lammps_ftol,
-                                         max_iterations=max_steps, vmax=lammps_vmax)
+                                         max_iterations=max_steps, vmax=lammps_vmax, atoms_first=lammps_atoms_first)
 
     calc = make_calculator(art)
     e_ref = {n: _pe_per_atom(calc, refs[n]) for n in names}
@@ -195,7 +195,7 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
                            "first_seed": first_seed, "kicks": kicks, "kick_size": kick_size,
                            "search_kicks": search_kicks,
                            "min_width": min_width, "fmax": fmax, "max_steps": max_steps, "lammps_ftol": lammps_ftol,
-                           "lammps_vmax": lammps_vmax,
+                           "lammps_vmax": lammps_vmax, "lammps_atoms_first": lammps_atoms_first,
                            "crystals": names},
               "repair": summary, "screening": screening, "rows": rows}
     (out / "rm_eval.json").write_text(json.dumps(report, indent=1))
@@ -221,7 +221,8 @@ def markdown(report: Dict[str, Any]) -> str:
              + (f" Each relaxation is relax -> kick -> relax with {report['settings']['kicks']} kick(s) of "
                 f"{report['settings']['kick_size']:g} A (the lowest pseudo-energy kept)."
                 if report["settings"].get("kicks") else " One plain relaxation each (no kicks).")
-             + (f" LAMMPS: `minimize` (cg, ftol {report['settings']['lammps_ftol']:g}, at most "
+             + (f" LAMMPS: {'a `minimize` of the atoms in the noisy cell, then ' if report['settings'].get('lammps_atoms_first') else ''}"
+                f"`minimize` (cg, ftol {report['settings']['lammps_ftol']:g}, at most "
                 f"{report['settings']['max_steps']} iterations) with `fix box/relax tri 0.0 vmax "
                 f"{report['settings'].get('lammps_vmax', 0.001):g}`." if "lammps" in engines else ""),
              "", "| displacement (A) | strain | n | unrelaxed match | "
@@ -339,6 +340,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--lammps-ftol", type=float, default=1e-4, help="LAMMPS minimize ftol (eV/A)")
     p.add_argument("--lammps-vmax", type=float, default=0.01,
                    help="fix box/relax vmax: largest fractional volume change per iteration")
+    p.add_argument("--lammps-atoms-first", action=argparse.BooleanOptionalAction, default=False,
+                   help="LAMMPS: minimize the atoms in the noisy cell before the box/relax minimize")
     p.add_argument("--kicks", type=int, default=0,
                    help="relax -> kick -> relax: kicks after each repair relaxation, lowest pseudo-energy kept (default 0)")
     p.add_argument("--kick-size", type=float, default=0.4, help="kick: Gaussian displacement per component, A")
@@ -367,7 +370,8 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate_rm(args.model, args.output, args.levels, args.engines, args.crystals, args.seeds,
                              args.min_width, args.fmax, args.max_steps, args.lammps_ftol, args.lammps_vmax,
                              progress=not args.no_progress, first_seed=args.first_seed, kicks=args.kicks,
-                             kick_size=args.kick_size, search_kicks=args.search_kicks)
+                             kick_size=args.kick_size, search_kicks=args.search_kicks,
+                             lammps_atoms_first=args.lammps_atoms_first)
     finally:
         torch.set_num_threads(threads)
     print(markdown(report))

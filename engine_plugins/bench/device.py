@@ -26,7 +26,8 @@ the CPU's result. Each task runs once per device (``cpu``, and ``cuda`` when tor
   stay finite, and the CUDA-trained artifact must load and run on the CPU.
 
 A task whose data or package is missing is reported as skipped, with the fix. CPU rows use torch's
-default thread count (printed). Output: a table, and JSON with ``--output``.
+default thread count (printed). Output: a table; with ``--output`` also JSON and a PNG beside it
+(throughput relative to the CPU per task and device).
 """
 
 from __future__ import annotations
@@ -139,8 +140,10 @@ def bench_md_cg(device: str, steps: int) -> List[Dict[str, Any]]:
 
 
 def bench_openmm_cg(device: str, jumps: int) -> List[Dict[str, Any]]:
+    from engine_plugins.engines.openmm_backend import import_openmmtorch
+
     try:
-        import openmmtorch  # noqa: F401
+        import_openmmtorch()
     except Exception as exc:  # an ABI mismatch raises ImportError or OSError
         raise Skip(f"openmm-torch does not load ({type(exc).__name__}: {str(exc)[:160]}); install the "
                    f"openmm-torch build for this torch") from exc
@@ -316,19 +319,25 @@ def run_bench(tasks: Sequence[str] = TASKS, *, replicas: Sequence[int] = (1, 3),
                 continue
             rows += results[(task, d)]["rows"]
             if partial is not None:
-                partial({"rows": rows, "skipped": skipped, "failed": failed})
+                _add_vs_cpu(rows)
+                partial({"devices": devs, "rows": rows, "skipped": skipped, "failed": failed})
         if "cuda" in devs:
             for task in tasks:
                 a, b = results.get((task, "cpu")), results.get((task, "cuda"))
                 if a is not None and b is not None and a.get("check") is not None:
                     agreement[task] = _compare(a["check"], b["check"])
+    _add_vs_cpu(rows)
+    return {"devices": devs, "cpu_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if "cuda" in devs else None, "torch": torch.__version__,
+            "rows": rows, "skipped": skipped, "failed": failed, "agreement": agreement}
+
+
+def _add_vs_cpu(rows: List[Dict[str, Any]]) -> None:
+    """Each row's rate over the CPU row of the same task and tiling (None without one)."""
     for r in rows:
         cpu = next((c for c in rows if c["task"] == r["task"] and c["device"] == "cpu"
                     and c.get("replicas") == r.get("replicas")), None)
         r["vs_cpu"] = r["rate"] / cpu["rate"] if cpu else None
-    return {"devices": devs, "cpu_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if "cuda" in devs else None, "torch": torch.__version__,
-            "rows": rows, "skipped": skipped, "failed": failed, "agreement": agreement}
 
 
 def _compare(a: Any, b: Any) -> Dict[str, Any]:
@@ -383,6 +392,37 @@ def format_table(res: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot(res: Dict[str, Any], path: Path) -> Path:
+    """Bars of each row's rate relative to its CPU row (log scale), one bar per device."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = []
+    for r in res["rows"]:
+        k = (r["task"], r.get("replicas", 1))
+        if k not in keys:
+            keys.append(k)
+    labels = [f"{t}" + (f" x{rep}^3" if rep > 1 else "") for t, rep in keys]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(keys) + 2), 4.0))
+    width = 0.8 / max(1, len(res["devices"]))
+    for i, dev in enumerate(res["devices"]):
+        vals = [next((r.get("vs_cpu") or math.nan for r in res["rows"] if (r["task"], r.get("replicas", 1)) == k
+                      and r["device"] == dev), math.nan) for k in keys]
+        ax.bar(np.arange(len(keys)) + i * width, vals, width, label=dev)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, labels, rotation=35, ha="right")
+    ax.set_ylabel("throughput relative to the CPU")
+    ax.set_title(f"bench device: {res['gpu'] or 'CPU only'}, CPU {res['cpu_threads']} threads")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(tasks: Sequence[str] = TASKS, *, replicas: Sequence[int] = (1, 3), jumps: int = 10, md_steps: int = 500,
          molecules: int = 64, nfe: int = 32, train_steps: int = 20, molecules_dir: str = "out/molecules",
          transport: Optional[str] = None, output: Optional[str] = None, progress: bool = True) -> int:
@@ -404,5 +444,6 @@ def main(tasks: Sequence[str] = TASKS, *, replicas: Sequence[int] = (1, 3), jump
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(res, indent=1, default=str))
-        print(f"wrote {output}")
+        png = plot(res, Path(output).with_suffix(".png"))
+        print(f"wrote {output}, {png}")
     return 1 if res["failed"] else 0

@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the corrector's number of flow steps (standalone and openmm engines)")
     p.add_argument("--ranks", type=int, default=1, help="MPI ranks (lammps engine)")
     p.add_argument("--platform", default=None, help="OpenMM platform (openmm engine)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the standalone engine runs (auto: CUDA when available)")
     p.add_argument("--append-card", help="append a section with the measured figures to this model card (.md)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 

@@ -611,7 +611,9 @@ def main(args: argparse.Namespace) -> int:
 
     opts = {k: v for k, v in {"flow_steps": args.flow_steps,
                               "corrector_flow_steps": getattr(args, "corrector_flow_steps", None), "ranks": args.ranks if args.ranks != 1 else None,
-                              "platform": args.platform}.items() if v is not None}
+                              "platform": args.platform,
+                              "device": None if getattr(args, "device", "auto") == "auto" else args.device,
+                              }.items() if v is not None}
     t0 = time.perf_counter()
     engines = list(dict.fromkeys(args.engine))
     command = "engine-plugins evaluate " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["evaluate"] else ""

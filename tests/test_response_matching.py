@@ -377,6 +377,43 @@ def test_relax_kick_relax_keeps_the_lowest_and_is_seeded():
             relax_with_kicks(relax, start.positions, start.cell, **bad)
 
 
+def test_strain_kicks_start_from_a_symmetrically_strained_cell():
+    """With ``kick_strain`` each kick starts from best cell x (1 + eps), eps symmetric, the atoms carried
+    along in fractional coordinates (plus the positional kick); without it the cell is never kicked."""
+    from engine_plugins.methods.response_matching.relax import RelaxInputError, relax_structure, relax_with_kicks
+
+    ref = build_crystal("Cu-fcc", cutoff=None)
+    starts = []
+
+    def relax(p, c):
+        starts.append((np.array(p), np.array(c)))
+        r = relax_structure(SHIPPED, ref.symbols, p, c, relax_cell=True, fmax=0.05, max_steps=200)
+        bests.append(r)
+        return r
+
+    for strain in (0.0, 0.05):
+        starts.clear()
+        bests = []
+        out = relax_with_kicks(relax, ref.positions, ref.cell, kicks=3, kick_size=0.05, seed=4, kick_strain=strain)
+        assert out.info["kick_strain"] == strain and len(starts) == 4
+        best = bests[0]
+        for k, (pos, cell) in enumerate(starts[1:], start=1):
+            eps = np.linalg.solve(best.cell, cell) - np.eye(3)
+            if strain == 0.0:
+                assert np.abs(eps).max() < 1e-12
+            else:
+                np.testing.assert_allclose(eps, eps.T, atol=1e-12)
+                assert 0.005 < np.abs(eps).max() < 0.3
+            dfrac = np.linalg.solve(cell.T, pos.T).T - np.linalg.solve(best.cell.T, best.positions.T).T
+            assert np.abs(dfrac @ cell).max() < 0.05 * 6  # only the positional kick (6 sigma) on top of the strain
+            if bests[k].energy < best.energy:
+                best = bests[k]
+    with pytest.raises(RelaxInputError, match="kick_strain"):
+        relax_with_kicks(relax, ref.positions, None, kicks=1, kick_strain=0.05)
+    with pytest.raises(RelaxInputError, match="kick_strain"):
+        relax_with_kicks(relax, ref.positions, ref.cell, kicks=1, kick_strain=-0.1)
+
+
 def test_evaluate_rm_searches_for_minima_below_the_prototype(tmp_path):
     """The minima search reports, per prototype, the lowest pseudo-energy relax -> kick -> relax found
     from it, and calls it spurious exactly when it is lower than the prototype's and does not match it;

@@ -78,7 +78,7 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
                 seeds: int = 1, min_width: float = 7.0, fmax: float = 0.01, max_steps: int = 1000,
                 lammps_ftol: float = 1e-4, lammps_vmax: float = 0.01, screening_sizes: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
                 progress: bool = True, first_seed: int = 0, kicks: int = 0, kick_size: float = 0.4,
-                search_kicks: int = 4, lammps_atoms_first: bool = False) -> Dict[str, Any]:
+                search_kicks: int = 4, lammps_atoms_first: bool = False, search_kick_strain: float = 0.0) -> Dict[str, Any]:
     """Run the measurements (see module doc); returns the report dict and writes JSON + markdown."""
     from tqdm.auto import tqdm
 
@@ -177,7 +177,8 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
     search_rows = []
     for n in tqdm(names if search_kicks > 0 else [], desc="rm minima search", disable=not progress, dynamic_ncols=True):
         ref = refs[n]
-        r = relax_with_kicks(relaxer("standalone", ref.symbols), ref.positions, ref.cell, kicks=search_kicks, kick_size=kick_size, seed=rng_seed)
+        r = relax_with_kicks(relaxer("standalone", ref.symbols), ref.positions, ref.cell, kicks=search_kicks,
+                             kick_size=kick_size, seed=rng_seed, kick_strain=search_kick_strain)
         e_low = float(r.energy) / ref.n_atoms
         matched = match_crystal(r.to_structure(n), ref, with_rms=False).matched
         search_rows.append({"crystal": n, "E_ref_per_atom": e_ref[n], "E_lowest_found_per_atom": e_low,
@@ -185,7 +186,7 @@ def evaluate_rm(model: str | Path, output: str | Path = "out/rm_eval", levels: S
                             "spurious_minimum": bool(e_low < e_ref[n] - 1e-3 and not matched)})
     if search_rows:
         screening["minima_search"] = {
-            "kicks": search_kicks, "kick_size": kick_size,
+            "kicks": search_kicks, "kick_size": kick_size, "kick_strain": search_kick_strain,
             "fraction_reference_lowest": float(np.mean([not r["spurious_minimum"] for r in search_rows])),
             "spurious": [r["crystal"] for r in search_rows if r["spurious_minimum"]], "per_crystal": search_rows}
 
@@ -254,7 +255,9 @@ def markdown(report: Dict[str, Any]) -> str:
     ms = sc.get("minima_search")
     if ms:
         lines += [f"- search for lower minima from each prototype (relax -> kick -> relax, {ms['kicks']} kick(s) of "
-                  f"{ms['kick_size']:g} A): the prototype is the lowest structure found for "
+                  f"{ms['kick_size']:g} A"
+                  + (f" and cell strain {ms['kick_strain']:g}" if ms.get("kick_strain") else "")
+                  + "): the prototype is the lowest structure found for "
                   f"{100 * ms['fraction_reference_lowest']:.0f} % of the prototypes"
                   + (f"; spurious lower minima: {', '.join(ms['spurious'])}" if ms["spurious"] else "")]
     lines += [""]
@@ -347,6 +350,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--kick-size", type=float, default=0.4, help="kick: Gaussian displacement per component, A")
     p.add_argument("--search-kicks", type=int, default=4,
                    help="kicks in the search for minima below each prototype (0: skip the search)")
+    p.add_argument("--search-kick-strain", type=float, default=0.0,
+                   help="also strain the cell at each search kick (std. dev. per strain component; e.g. 0.05)")
     p.add_argument("--card", help="also write a model card (markdown) for the model to this path")
     p.add_argument("--card-command", default="", help="commands to quote in the card")
     p.add_argument("--no-progress", action="store_true")
@@ -371,6 +376,7 @@ def run(args: argparse.Namespace) -> int:
                              args.min_width, args.fmax, args.max_steps, args.lammps_ftol, args.lammps_vmax,
                              progress=not args.no_progress, first_seed=args.first_seed, kicks=args.kicks,
                              kick_size=args.kick_size, search_kicks=args.search_kicks,
+                             search_kick_strain=args.search_kick_strain,
                              lammps_atoms_first=args.lammps_atoms_first)
     finally:
         torch.set_num_threads(threads)

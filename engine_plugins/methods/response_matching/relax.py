@@ -187,18 +187,25 @@ def relax_structure(model: Any, symbols: Sequence[str], positions: np.ndarray, c
 
 
 def relax_with_kicks(relax: Callable[[np.ndarray, Optional[np.ndarray]], RelaxResult], positions: np.ndarray,
-                     cell: Optional[np.ndarray], kicks: int = 0, kick_size: float = 0.2, seed: int = 0) -> RelaxResult:
+                     cell: Optional[np.ndarray], kicks: int = 0, kick_size: float = 0.2, seed: int = 0,
+                     kick_strain: float = 0.0) -> RelaxResult:
     """Relax, then ``kicks`` times: displace the best structure so far, relax, keep it if lower.
 
     ``relax(positions, cell)`` is any relaxation returning a :class:`RelaxResult` (e.g. a
     ``functools.partial`` of :func:`relax_structure` or of the LAMMPS ``relax_lammps``);
-    ``kick_size`` is the standard deviation (A) of each Cartesian kick component; the cell is not
-    kicked (the relaxation moves it). ``info`` of the result records every relaxation's energy,
-    how many kicks were accepted and the steps summed over all relaxations.
+    ``kick_size`` is the standard deviation (A) of each Cartesian kick component. ``kick_strain``
+    (default 0: the cell is not kicked) also strains the cell at each kick by a random symmetric
+    strain of that standard deviation per component, fractional coordinates kept, so that a search
+    can leave a basin along a cell-shape path (a shear, the Bain path). ``info`` of the result
+    records every relaxation's energy, how many kicks were accepted and the steps summed over all
+    relaxations.
     """
     if kicks < 0 or not (kick_size > 0.0 and np.isfinite(kick_size)):
         raise RelaxInputError(f"kicks must be >= 0 and kick_size > 0 A (got kicks={kicks}, kick_size={kick_size}); "
                               "fix: e.g. kicks=4, kick_size=0.2")
+    if not (kick_strain >= 0.0 and np.isfinite(kick_strain)) or (kick_strain > 0 and cell is None):
+        raise RelaxInputError(f"kick_strain={kick_strain}: needs a value >= 0 and, when > 0, a periodic cell; "
+                              "fix: kick_strain=0 for molecules, e.g. 0.05 for crystals")
     best = relax(np.asarray(positions, float), None if cell is None else np.asarray(cell, float))
     energies = [float(best.energy)]
     total_steps = int(best.steps)
@@ -206,12 +213,18 @@ def relax_with_kicks(relax: Callable[[np.ndarray, Optional[np.ndarray]], RelaxRe
     rng = np.random.default_rng(seed)
     for _ in range(int(kicks)):
         start = best.positions + rng.normal(0.0, kick_size, size=best.positions.shape)
-        trial = relax(start, best.cell)
+        start_cell = best.cell
+        if kick_strain > 0:
+            eps = rng.normal(0.0, kick_strain, (3, 3))
+            start_cell = best.cell @ (np.eye(3) + 0.5 * (eps + eps.T))
+            start = np.linalg.solve(best.cell.T, start.T).T @ start_cell  # fractional coordinates kept
+        trial = relax(start, start_cell)
         energies.append(float(trial.energy))
         total_steps += int(trial.steps)
         if np.isfinite(trial.energy) and trial.energy < best.energy:
             best, accepted = trial, accepted + 1
-    best.info.update({"kicks": int(kicks), "kick_size": float(kick_size), "kick_seed": int(seed),
+    best.info.update({"kicks": int(kicks), "kick_size": float(kick_size), "kick_strain": float(kick_strain),
+                      "kick_seed": int(seed),
                       "kicks_accepted": accepted, "energies": energies, "total_steps": total_steps})
     return best
 

@@ -66,7 +66,8 @@ def _sync(device: str) -> None:
 
 # ------------------------------------------------------------------------------------ propagation
 def tiled(pos: np.ndarray, box: np.ndarray, names: Sequence[str], r: int):
-    """The periodic system repeated r x r x r (orthorhombic box)."""
+    """The periodic system repeated r x r x r (box rows = cell vectors): a bigger system with the same
+    local structure, to see how each device scales with size."""
     shifts = np.array([[i, j, k] for i in range(r) for j in range(r) for k in range(r)], float) @ box
     return (pos[None] + shifts[:, None]).reshape(-1, 3), box * r, list(names) * len(shifts)
 
@@ -88,6 +89,7 @@ def _system(system: str):
 
 
 def bench_propagation(system: str, device: str, replicas: Sequence[int], jumps: int) -> List[Dict[str, Any]]:
+    """Learned jumps per second of the shipped propagator + corrector, one row per tiling."""
     from engine_plugins.bench.propagate import DEFAULT_MODELS, learned_standalone
 
     model, corrector = DEFAULT_MODELS[system]
@@ -127,6 +129,7 @@ def _platform(device: str) -> str:
 
 
 def bench_md_cg(device: str, steps: int) -> List[Dict[str, Any]]:
+    """The all-atom reference the CG propagator replaces, on the OpenMM platform of ``device``."""
     try:
         import openmm  # noqa: F401
     except ImportError as exc:
@@ -140,6 +143,7 @@ def bench_md_cg(device: str, steps: int) -> List[Dict[str, Any]]:
 
 
 def bench_openmm_cg(device: str, jumps: int) -> List[Dict[str, Any]]:
+    """The learned OpenMM integrator on the platform of ``device`` (needs a loadable openmm-torch)."""
     from engine_plugins.engines.openmm_backend import import_openmmtorch
 
     try:
@@ -168,6 +172,7 @@ def _tasks(molecules_dir: str, n: int):
 
 
 def generated_positions(device: str, molecules_dir: str, n: int, nfe: int) -> tuple[list, float]:
+    """GPFF positions of ``n`` held-out molecules (deterministic sampler) and the timed seconds."""
     from engine_plugins.methods.gpff.generate import generate
 
     tasks = _tasks(molecules_dir, n)
@@ -181,6 +186,7 @@ def generated_positions(device: str, molecules_dir: str, n: int, nfe: int) -> tu
 
 
 def bench_relax(device: str, names: Optional[Sequence[str]] = None) -> tuple[Dict[str, Any], np.ndarray]:
+    """RM relaxations of every prototype from seeded noise; the final energies are the agreement check."""
     from engine_plugins.data.crystals import CRYSTAL_PROTOTYPES, build_crystal, perturb_crystal
     from engine_plugins.methods.response_matching.relax import relax_structure
 

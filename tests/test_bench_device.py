@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 from engine_plugins.bench.device import format_table, main, run_bench, tiled
 
@@ -40,3 +43,19 @@ def test_bench_device_reports_missing_data_and_bad_tasks(tmp_path, capsys):
     assert (tmp_path / "b.png").is_file()
     assert main(["no-such-task"], progress=False) == 2
     assert "unknown task" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_asking_for_cuda_without_one_is_a_clear_error():
+    from engine_plugins.bench.propagate import transport_start
+    from engine_plugins.methods.gpff.generate import GenerationError, GenerationTask, generate
+    from engine_plugins.methods.gpff.samplers import SamplerError as GPFFSamplerError
+    from engine_plugins.methods.propagator.sampler import SamplerError, propagate
+
+    models = Path(__file__).resolve().parent.parent / "exported_models"
+    pos, box, names, _ = transport_start("Li0.25-s1.55", 2)
+    with pytest.raises(SamplerError, match="no CUDA device.*--device cpu"):
+        propagate(str(models / "propagator_transport.pt"), pos, names, box, 800.0, n_jumps=1, device="cuda",
+                  progress=False)
+    with pytest.raises((GenerationError, GPFFSamplerError), match="no CUDA device"):
+        generate(str(models / "gpff_qm9like.pt"), [GenerationTask(["C", "H", "H", "H", "H"])], nfe=2, device="cuda")

@@ -404,7 +404,8 @@ def sample(model: Any, types: Union[Sequence[Any], torch.Tensor], n_atoms: Optio
     home = next((p.device for p in list(module.parameters()) + list(module.buffers())), torch.device("cpu"))
     dev = torch.device(device) if device is not None else home
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SamplerError(f"device '{dev}' asked for, but torch sees no CUDA device. Fix: device='cpu' or None")
+        raise SamplerError(f"device '{dev}' asked for, but torch sees no CUDA device. Fix: run on the CPU "
+                           "(--device cpu or auto; in Python device='cpu' or None)")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     moved = dev != home and any(True for _ in list(module.parameters()) + list(module.buffers()))

@@ -397,6 +397,9 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
     tidx = type_indices(types, meta.type_names)
     names = [meta.type_names[i] for i in tidx.tolist()]
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SamplerError(f"device '{dev}' asked for, but torch sees no CUDA device. Fix: run on the CPU "
+                           "(--device cpu or auto; in Python device='cpu' or None)")
     jump = build_flow_jump(prop_art, corrector, flow_steps, solver, corrector_flow_steps).to(dev)
     dtype = getattr(torch, meta.dtype)
     x = torch.as_tensor(pos, dtype=dtype, device=dev)

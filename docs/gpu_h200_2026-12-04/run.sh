@@ -8,7 +8,7 @@
 # The first run (test_gpu_run1.txt, env_run1.txt) lacked the last four wheels, ran all of test_gpu.py
 # and bench device with --replicas 1 3 5 --jumps 10 --md-steps 2000; its bench was cut by its timeout.
 export PYTHONUNBUFFERED=1
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the repository root
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -3
 export PYTHONPATH=/tmp/site:$PWD
 date

@@ -196,3 +196,20 @@ def test_evaluate_and_bench_generate_on_the_exact_model(tmp_path, lammps_plugin,
         r = res["engines"][e]
         assert r["molecules_per_s"] > 0 and r["valid"] == 1.0 and r["nfe"] == 8
         assert r["max_abs_dx_vs_standalone_A"] < 1e-8
+
+
+def test_evaluate_takes_the_denoise_step(ethanol_model):
+    """With the exact pseudo-force F = x0 - x, one denoise step of 1 lands on the molecule; 1/2 only halves
+    the way (and the step reaches every engine)."""
+    from engine_plugins.methods.gpff.commands import evaluate_validity
+
+    path, sym, x0 = ethanol_model
+    tasks = [GenerationTask(sym, source="CCO", name=f"e{k}") for k in range(3)]
+    full = evaluate_validity(path, tasks, ["denoise"], [1], engines=["standalone", "openmm"],
+                             engine_samplers=["denoise"], sigma_start=1.5, step=1.0)
+    half = evaluate_validity(path, tasks, ["denoise"], [1], sigma_start=1.5, step=0.5)
+    assert [r["valid"] for r in full] == [1.0, 1.0]
+    assert half[0]["valid"] < 1.0
+    res = generate(path, tasks[:1], sampler="denoise", nfe=1, sigma_start=1.5, step=1.0)
+    from engine_plugins.methods.gpff.noise import rmsd
+    assert float(rmsd(torch.as_tensor(res.positions[0]), torch.as_tensor(x0))) < 1e-6

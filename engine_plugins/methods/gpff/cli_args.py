@@ -64,6 +64,8 @@ def add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
                    "generation.eta, else 1)")
     s.add_argument("--engine-eta", type=float, default=0.0, help="ancestral eta inside OpenMM (noise from the "
                    "CustomIntegrator; default 0 = deterministic); LAMMPS always runs eta 0")
+    s.add_argument("--step", type=float, help="denoise step in every engine (x += step*F; default: the model's "
+                   "denoise_step, else 0.5)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--output", default="out/gpff_eval")
 

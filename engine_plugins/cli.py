@@ -89,7 +89,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         return bench_generate(model=args.model, data=args.data, molecules=args.molecules, nfe=args.nfe,
                               sampler=args.sampler, sigma_start=args.sigma_start, rounds=args.rounds,
-                              output=args.output)
+                              output=args.output, step=args.step)
     if args.what == "device":
         from engine_plugins.bench.device import TASKS, main as bench_device
 

@@ -196,20 +196,27 @@ def test_evaluate_and_bench_generate_on_the_exact_model(tmp_path, lammps_plugin,
         r = res["engines"][e]
         assert r["molecules_per_s"] > 0 and r["valid"] == 1.0 and r["nfe"] == 8
         assert r["max_abs_dx_vs_standalone_A"] < 1e-8
+        per_mol = r["abs_dx_vs_standalone_A_per_molecule"]
+        assert len(per_mol) == 3 and max(per_mol) == r["max_abs_dx_vs_standalone_A"]
 
 
-def test_evaluate_takes_the_denoise_step(ethanol_model):
-    """With the exact pseudo-force F = x0 - x, one denoise step of 1 lands on the molecule; 1/2 only halves
-    the way (and the step reaches every engine)."""
+def test_evaluate_takes_the_denoise_step(lammps_plugin, ethanol_model):
+    """With the exact pseudo-force F = x0 - x, one denoise step of 1 lands on the molecule in every engine;
+    1/2 only halves the way."""
     from engine_plugins.methods.gpff.commands import evaluate_validity
+    from engine_plugins.methods.gpff.noise import rmsd
 
     path, sym, x0 = ethanol_model
     tasks = [GenerationTask(sym, source="CCO", name=f"e{k}") for k in range(3)]
-    full = evaluate_validity(path, tasks, ["denoise"], [1], engines=["standalone", "openmm"],
+    full = evaluate_validity(path, tasks, ["denoise"], [1], engines=["standalone", "openmm", "lammps"],
                              engine_samplers=["denoise"], sigma_start=1.5, step=1.0)
     half = evaluate_validity(path, tasks, ["denoise"], [1], sigma_start=1.5, step=0.5)
-    assert [r["valid"] for r in full] == [1.0, 1.0]
+    assert [(r["engine"], r["valid"]) for r in full] == [("standalone", 1.0), ("openmm", 1.0), ("lammps", 1.0)]
     assert half[0]["valid"] < 1.0
-    res = generate(path, tasks[:1], sampler="denoise", nfe=1, sigma_start=1.5, step=1.0)
-    from engine_plugins.methods.gpff.noise import rmsd
-    assert float(rmsd(torch.as_tensor(res.positions[0]), torch.as_tensor(x0))) < 1e-6
+    for engine in ("standalone", "openmm", "lammps"):
+        res = generate(path, tasks[:1], engine=engine, sampler="denoise", nfe=1, sigma_start=1.5, step=1.0)
+        assert float(rmsd(torch.as_tensor(res.positions[0]), torch.as_tensor(x0))) < 1e-6, engine
+    from engine_plugins.bench.generate import bench_generate
+
+    b = bench_generate(str(path), tasks=tasks, nfe=1, rounds=1, sigma_start=1.5, sampler="denoise", step=1.0)
+    assert b["denoise_step"] == 1.0 and all(r["valid"] == 1.0 for r in b["engines"].values())

@@ -81,3 +81,4 @@ def add_bench_generate_arguments(p: argparse.ArgumentParser) -> None:
                    help="deterministic engine schedule (ancestral = eta 0), the same in all three paths")
     g.add_argument("--sigma-start", type=float, help="starting noise (Å; default: the model's "
                    "generation.sigma_start, else sigma_max)")
+    g.add_argument("--step", type=float, help="denoise step (x += step*F; default: the model's denoise_step)")

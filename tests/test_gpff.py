@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -410,3 +411,36 @@ def test_training_resume_is_exact_and_cli_trains(tmp_path):
     assert meta.method == "gpff" and meta.provenance["steps"] == 6
     assert (tmp_path / "b" / "model.pt").is_file()
     assert math.isfinite(a["history"][-1]["val_loss"])
+
+
+def test_init_from_the_shipped_artifact_starts_from_its_weights(tmp_path):
+    """train.init_from takes an exported gpff artifact (fine-tuning the shipped model): with 0 steps
+    the exported model gives the shipped model's forces exactly; another role's artifact is refused."""
+    from engine_plugins.export.artifact import load_artifact
+    from engine_plugins.train.gpff import train_gpff
+
+    shipped = Path(__file__).resolve().parent.parent / "exported_models" / "gpff_qm9like.pt"
+    cfg = {"output_dir": str(tmp_path / "ft"), "seed": 0,
+           "data": {"source": "ase", "names": ["CH4", "H2O", "NH3", "CH3OH", "C2H6"], "val_fraction": 0.2},
+           "train": {"steps": 0, "batch_size": 2, "val_every": 1, "val_repeats": 1, "val_sigmas": [0.1],
+                     "progress": False, "threads": 1, "init_from": str(shipped)}}
+    tuned = load_artifact(train_gpff(cfg))
+    ref = load_artifact(shipped)
+    g = torch.Generator().manual_seed(0)
+    n = 9
+    pos = torch.randn(n, 3, generator=g, dtype=torch.float32) * 1.2
+    types = torch.tensor([1, 1, 3, 0, 0, 0, 0, 0, 0])
+    i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    keep = i != j
+    ei = torch.stack([i[keep], j[keep]])
+    es = torch.zeros(ei.shape[1], 3)
+    f_ref = ref.module(pos, types, ei, es, n)[1]
+    assert float(f_ref.abs().max()) > 1e-2
+    assert torch.equal(tuned.module(pos, types, ei, es, n)[1], f_ref)
+    assert tuned.metadata.provenance["gpff_model_config"]["num_features"] == \
+        ref.metadata.provenance["gpff_model_config"]["num_features"]
+
+    cfg["output_dir"] = str(tmp_path / "wrong")
+    cfg["train"]["init_from"] = str(shipped.parent / "propagator_transport.pt")
+    with pytest.raises(ValueError, match="propagator.*artifact of the same role"):
+        train_gpff(cfg)

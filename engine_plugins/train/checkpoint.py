@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -59,4 +59,60 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
-__all__ = ["load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+def read_init_source(path: Union[str, os.PathLike], role: str, method: Optional[str], model_config_key: str
+                     ) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], Dict[str, Any], Optional[Dict[str, Any]]]:
+    """(model config, weights, description, checkpoint config) of a run's ``train.init_from``: a
+    training checkpoint (its EMA weights) or an exported artifact of role ``role`` (and ``method``,
+    when given) whose provenance records its model config under ``model_config_key``. The checkpoint
+    config is None for an artifact; callers check what else must match (types, architecture)."""
+    import zipfile
+
+    from engine_plugins.export.artifact import METADATA_FILE, load_artifact, read_metadata
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"train.init_from: {path} does not exist. Fix: a checkpoint (checkpoints/last.pt) "
+                                "or an exported artifact (.pt)")
+    is_artifact = False
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            is_artifact = any(n.endswith("extra/" + METADATA_FILE) for n in zf.namelist())
+    if is_artifact:
+        meta = read_metadata(path)
+        if meta.role != role or (method and meta.method != method):
+            raise ValueError(f"train.init_from: {path} is a '{meta.role}' artifact (method {meta.method!r}); this "
+                             f"run trains a '{role}'{f' ({method})' if method else ''}. Fix: start from an "
+                             "artifact of the same role and method")
+        mc = (meta.provenance or {}).get(model_config_key)
+        if not isinstance(mc, dict):
+            raise ValueError(f"train.init_from: {path} records no {model_config_key} in its provenance, so its "
+                             "architecture is unknown. Fix: start from a training checkpoint")
+        desc = {"kind": "artifact", "path": str(path), "content_hash": meta.content_hash,
+                "steps": (meta.provenance or {}).get("steps")}
+        # the artifact's weights (TorchScript load, content hash verified)
+        return dict(mc), dict(load_artifact(path).module.state_dict()), desc, None
+    saved = load_checkpoint(path)
+    if not isinstance(saved, dict) or "model_config" not in saved:
+        raise ValueError(f"train.init_from: {path} is neither an exported artifact nor a training checkpoint")
+    state = dict(saved["model"])
+    state.update(saved["ema"])
+    desc = {"kind": "checkpoint", "path": str(path), "steps": int(saved["step"])}
+    return dict(saved["model_config"]), state, desc, saved.get("config", {})
+
+
+def load_init_state(model: torch.nn.Module, state: Dict[str, torch.Tensor], path: str) -> None:
+    """Copy the init_from weights into the eager model (cast to its dtype); every parameter and
+    buffer must be there with its shape (extra entries: the constants TorchScript adds)."""
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state)
+    bad = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or bad:
+        raise ValueError(f"train.init_from: {path} does not fit the model: missing {missing[:5]}, shape differs "
+                         f"{[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in bad[:5]]}")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(state[k].to(device=v.device, dtype=v.dtype))
+
+
+__all__ = ["load_checkpoint", "load_init_state", "read_init_source", "rng_state", "save_checkpoint",
+           "set_rng_state"]

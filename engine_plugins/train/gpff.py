@@ -52,7 +52,8 @@ from engine_plugins.methods.gpff.noise import (
     rmsd,
 )
 from engine_plugins.options import check_known, options_from_dict
-from engine_plugins.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from engine_plugins.train.checkpoint import (load_checkpoint, load_init_state, read_init_source, rng_state,
+                                             save_checkpoint, set_rng_state)
 
 CHECKPOINT_VERSION = 1
 ALLOWED_ELEMENTS = ("H", "C", "N", "O", "F")
@@ -97,8 +98,9 @@ class TrainOptions:
     threads: Optional[int] = None
     progress: bool = True
     max_minutes: Optional[float] = None  # stop (with a checkpoint) after this wall time
-    # a new run that starts from another run's (EMA) weights: a curriculum stage with another noise
-    # ladder; the model config comes from that checkpoint, optimizer and steps start afresh
+    # a new run that starts from another run's (EMA) weights, a training checkpoint or an exported
+    # gpff artifact: a curriculum stage with another noise ladder or data set; the model config comes
+    # from that source, optimizer and steps start afresh
     init_from: Optional[str] = None
 
 
@@ -496,10 +498,13 @@ def _train(cfg: GPFFTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
     if saved is not None:
         _same_run(saved, cfg)
         mcfg = GPFFModelConfig.from_dict(saved["model_config"])
-    init = None
+    init_state: Optional[Dict[str, torch.Tensor]] = None
     if saved is None and opts.init_from:
-        init = load_checkpoint(Path(opts.init_from))
-        mcfg = GPFFModelConfig.from_dict(init["model_config"])
+        init_mc, init_state, _, _ = read_init_source(opts.init_from, "pseudo_force", "gpff", "gpff_model_config")
+        if list(init_mc.get("type_names", [])) != list(mcfg.type_names):
+            raise ValueError(f"train.init_from: {opts.init_from} has type names {init_mc.get('type_names')}, the "
+                             f"data {list(mcfg.type_names)}. Fix: the same types in the same order")
+        mcfg = GPFFModelConfig.from_dict(init_mc)
 
     model = build_gpff_model(mcfg, cfg.noise).to(device)
     model.train()
@@ -513,10 +518,9 @@ def _train(cfg: GPFFTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
     step = 0
     data_desc = {"name": data_name, "n_train": len(train_mols), "n_val": len(val_mols),
                  "train": [m.name for m in train_mols], "val": [m.name for m in val_mols]}
-    if init is not None:  # curriculum stage: the previous stage's EMA weights as the start
-        state = dict(init["model"])
-        state.update(init["ema"])
-        model.load_state_dict(state)
+    if init_state is not None:  # curriculum stage or fine-tuning: the previous (EMA) weights as the start
+        load_init_state(model, init_state, str(opts.init_from))
+        init_state = None
         ema = _EMA(model, opts.ema_decay)
     if saved is not None:
         model.load_state_dict(saved["model"])

@@ -74,7 +74,8 @@ import torch
 
 from engine_plugins.methods.propagator.prior import KB_EV_PER_K
 from engine_plugins.options import check_known, options_from_dict
-from engine_plugins.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from engine_plugins.train.checkpoint import (load_checkpoint, load_init_state, read_init_source, rng_state,
+                                             save_checkpoint, set_rng_state)
 from engine_plugins.train.gpff import _EMA, _device, read_config_file
 
 CHECKPOINT_VERSION = 1
@@ -631,43 +632,13 @@ def load_init_weights(path: Union[str, Path], cfg: FlowTrainConfig, type_names: 
     """(model config, weights, description) of ``train.init_from``: a training checkpoint (its EMA
     weights) or an exported artifact of the same role and method. Raises ValueError when the role,
     method, type names or architecture differ from this run's."""
-    import zipfile
-
-    from engine_plugins.export.artifact import METADATA_FILE, load_artifact, read_metadata
     from engine_plugins.methods.propagator.model import METHOD_NAME
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"train.init_from: {path} does not exist. Fix: a checkpoint (checkpoints/last.pt) "
-                                "or an exported artifact (.pt)")
-    is_artifact = False
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            is_artifact = any(n.endswith("extra/" + METADATA_FILE) for n in zf.namelist())
-    state: Optional[Dict[str, torch.Tensor]] = None
-    if is_artifact:
-        meta = read_metadata(path)
-        want_method = METHOD_NAME if cfg.role == "propagator" else None
-        if meta.role != cfg.role or (want_method and meta.method != want_method):
-            raise ValueError(f"train.init_from: {path} is a '{meta.role}' artifact (method {meta.method!r}); this "
-                             f"run trains a '{cfg.role}'. Fix: start from an artifact of the same role")
-        mc = (meta.provenance or {}).get("flow_model_config")
-        if not isinstance(mc, dict):
-            raise ValueError(f"train.init_from: {path} records no flow_model_config in its provenance, so its "
-                             "architecture is unknown. Fix: start from a training checkpoint")
-        desc = {"kind": "artifact", "path": str(path), "content_hash": meta.content_hash,
-                "steps": (meta.provenance or {}).get("steps")}
-    else:
-        saved = load_checkpoint(path)
-        if not isinstance(saved, dict) or "model_config" not in saved:
-            raise ValueError(f"train.init_from: {path} is neither an exported artifact nor a training checkpoint")
-        if saved.get("config", {}).get("role", cfg.role) != cfg.role:
-            raise ValueError(f"train.init_from: {path} is a checkpoint of a '{saved['config']['role']}' run; this "
-                             f"run trains a '{cfg.role}'")
-        mc = saved["model_config"]
-        state = dict(saved["model"])
-        state.update(saved["ema"])
-        desc = {"kind": "checkpoint", "path": str(path), "steps": int(saved["step"])}
+    mc, state, desc, saved_cfg = read_init_source(path, cfg.role, METHOD_NAME if cfg.role == "propagator" else None,
+                                                  "flow_model_config")
+    if saved_cfg is not None and saved_cfg.get("role", cfg.role) != cfg.role:
+        raise ValueError(f"train.init_from: {path} is a checkpoint of a '{saved_cfg['role']}' run; this "
+                         f"run trains a '{cfg.role}'")
     if list(mc.get("type_names", [])) != list(type_names):
         raise ValueError(f"train.init_from: {path} has type names {mc.get('type_names')}, the data {list(type_names)}. "
                          "Fix: the same types in the same order")
@@ -677,24 +648,8 @@ def load_init_weights(path: Union[str, Path], cfg: FlowTrainConfig, type_names: 
         raise ValueError(f"train.init_from: the architecture differs from {path} in model option(s) "
                          f"{ {k: {'init_from': a, 'config': b} for k, (a, b) in differ.items()} }. Fix: drop "
                          "these keys from the config's model section (they come from init_from) or start afresh")
-    if state is None:  # the artifact's weights (TorchScript load, content hash verified)
-        state = dict(load_artifact(path).module.state_dict())
     mc = {**mc, "model_dtype": cfg.model.get("model_dtype", mc.get("model_dtype", "float64"))}
     return mc, state, desc
-
-
-def _load_init_state(model: Any, state: Dict[str, torch.Tensor], path: str) -> None:
-    """Copy the init_from weights into the eager model (cast to its dtype); every parameter and
-    buffer must be there with its shape (extra entries: the constants TorchScript adds)."""
-    own = model.state_dict()
-    missing = sorted(k for k in own if k not in state)
-    bad = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
-    if missing or bad:
-        raise ValueError(f"train.init_from: {path} does not fit the model: missing {missing[:5]}, shape differs "
-                         f"{[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in bad[:5]]}")
-    with torch.no_grad():
-        for k, v in own.items():
-            v.copy_(state[k].to(device=v.device, dtype=v.dtype))
 
 
 def _same_run(saved: Dict[str, Any], cfg: FlowTrainConfig) -> None:
@@ -787,7 +742,7 @@ def _train(cfg: FlowTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(opts))
     if init_state is not None:  # fine-tuning: the previous run's (EMA) weights as the start
-        _load_init_state(model, init_state, str(opts.init_from))
+        load_init_state(model, init_state, str(opts.init_from))
         init_state = None
     ema = _EMA(model, opts.ema_decay)
     gen = torch.Generator().manual_seed(int(cfg.seed))

@@ -220,3 +220,37 @@ def test_evaluate_takes_the_denoise_step(lammps_plugin, ethanol_model):
 
     b = bench_generate(str(path), tasks=tasks, nfe=1, rounds=1, sigma_start=1.5, sampler="denoise", step=1.0)
     assert b["denoise_step"] == 1.0 and all(r["valid"] == 1.0 for r in b["engines"].values())
+
+
+def test_evaluate_renoise_reaches_the_standalone_denoise_rows_only(ethanol_model, monkeypatch):
+    """evaluate-gpff --renoise: the standalone denoise sampler re-noises, the engines (which cannot)
+    run as before instead of failing, and validity.json records the setting."""
+    from pathlib import Path
+
+    from engine_plugins.methods.gpff import commands
+
+    path, sym, x0 = ethanol_model
+    tasks = [GenerationTask(sym, source="CCO", name="e0")]
+    seen = []
+    real = commands.generate
+
+    def spy(*a, **k):
+        seen.append((k["engine"], k["renoise"]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(commands, "generate", spy)
+    rows = commands.evaluate_validity(path, tasks, ["denoise"], [2], engines=["standalone", "openmm"],
+                                      engine_samplers=["denoise"], sigma_start=1.5, renoise=0.3)
+    assert seen == [("standalone", 0.3), ("openmm", 0.0)]
+    assert [r["engine"] for r in rows] == ["standalone", "openmm"]
+    # re-noising changes the standalone result (same seed), so the setting is not silently dropped
+    a = real(path, tasks, sampler="denoise", nfe=2, sigma_start=1.5, step=0.5, seed=1)
+    b = real(path, tasks, sampler="denoise", nfe=2, sigma_start=1.5, step=0.5, seed=1, renoise=0.3)
+    assert float(np.abs(a.positions[0] - b.positions[0]).max()) > 1e-3
+    monkeypatch.setattr(commands, "dataset_tasks", lambda *a: tasks)
+    from engine_plugins.cli import main as cli_main
+
+    out = Path(path).parent / "ev_renoise"
+    assert cli_main(["evaluate-gpff", str(path), "--data", "unused", "--samplers", "denoise", "--nfe", "2",
+                     "--renoise", "0.3", "--output", str(out)]) == 0
+    assert json.loads((out / "validity.json").read_text())["meta"]["denoise_renoise_standalone"] == 0.3

@@ -66,6 +66,8 @@ def add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
                    "CustomIntegrator; default 0 = deterministic); LAMMPS always runs eta 0")
     s.add_argument("--step", type=float, help="denoise step in every engine (x += step*F; default: the model's "
                    "denoise_step, else 0.5)")
+    s.add_argument("--renoise", type=float, default=0.0, help="denoise: re-noise fraction between steps "
+                   "(x += renoise * sigma_k * noise; standalone rows only, the engines do not re-noise)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--output", default="out/gpff_eval")
 

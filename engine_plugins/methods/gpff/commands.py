@@ -183,10 +183,10 @@ def evaluate_validity(model: Any, tasks: Sequence[GenerationTask], samplers: Seq
                       engines: Sequence[str] = ("standalone",), engine_samplers: Sequence[str] = ("ancestral",),
                       engine_nfes: Optional[Sequence[int]] = None, sigma_start: Optional[float] = None,
                       eta: Optional[float] = None, seed: int = 0, engine_eta: float = 0.0,
-                      step: Optional[float] = None) -> List[Dict[str, Any]]:
+                      step: Optional[float] = None, renoise: float = 0.0) -> List[Dict[str, Any]]:
     """Validity per (engine, sampler, NFE) on ``tasks``: rows of summaries, timings and the exact NFE.
     ``engine_eta``: ancestral noise inside OpenMM (LAMMPS always runs eta 0). ``step``: the denoise step
-    (default: the model's)."""
+    (default: the model's). ``renoise``: the standalone denoise sampler's re-noise fraction."""
     from tqdm.auto import tqdm
 
     art = load_gpff(model)
@@ -198,7 +198,8 @@ def evaluate_validity(model: Any, tasks: Sequence[GenerationTask], samplers: Seq
     for engine, smp, nfe in tqdm(jobs, desc="evaluate-gpff", unit="run"):
         e_eta = eta if engine == "standalone" else (float(engine_eta) if engine == "openmm" else 0.0)
         res = generate(art, tasks, engine=engine, sampler=smp, nfe=nfe, sigma_start=sigma_start, seed=seed,
-                       eta=e_eta, step=step)
+                       eta=e_eta, step=step,
+                       renoise=renoise if engine == "standalone" and smp == "denoise" else 0.0)
         summary, _ = check_generated(tasks, res.positions)
         rows.append({"engine": engine, "sampler": smp + ("" if engine == "standalone" or smp != "ancestral"
                                                            else f" (eta={e_eta:g})"),
@@ -255,7 +256,8 @@ def evaluate_main(args: argparse.Namespace) -> int:
         t0 = time.time()
         rows = evaluate_validity(art, tasks, args.samplers, args.nfe, args.engines, args.engine_samplers,
                                  args.engine_nfe, args.sigma_start, args.eta, args.seed,
-                                 getattr(args, "engine_eta", 0.0), getattr(args, "step", None))
+                                 getattr(args, "engine_eta", 0.0), getattr(args, "step", None),
+                                 getattr(args, "renoise", 0.0))
     except (GenerationError, SamplerError) as exc:
         print(f"engine-plugins evaluate-gpff: error: {exc}", file=sys.stderr)
         return 2
@@ -272,6 +274,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
                                                                      else 1.0),
             "eta_openmm": getattr(args, "engine_eta", 0.0), "eta_lammps": 0.0,
             "denoise_step": sampler_settings(art, "denoise", 1, step=getattr(args, "step", None))["step"],
+            "denoise_renoise_standalone": getattr(args, "renoise", 0.0),
             "wall_s": round(time.time() - t0, 1),
             "validity": "RDKit bond perception from 3D, sanitizes, neutral, no radicals, one fragment; "
                         "in parentheses: valid and the same molecular graph as the source molecule",

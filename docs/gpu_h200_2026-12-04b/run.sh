@@ -20,7 +20,7 @@ ls out
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/env.txt
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a $OUT/env.txt
 D=docs/gpu_h200_2026-12-04b
-C=engine_plugins/train/configs
+C=$D/configs  # (these configs were in engine_plugins/train/configs/ when they ran, as the logs say)
 date
 OMP_NUM_THREADS=4 timeout $((BUDGET + 200)) python3 $D/train_on_gpu.py gpff $C/gpff_qm9like_stage4_gpu.json $L --budget-s $BUDGET > $OUT/gpff.log 2>&1 &
 OMP_NUM_THREADS=2 timeout $((BUDGET + 200)) python3 $D/train_on_gpu.py flow $C/propagator_transport_gpu_finetune.json $L --budget-s $BUDGET > $OUT/finetune.log 2>&1 &

@@ -12,7 +12,7 @@ L=/tmp/logs
 mkdir -p out $L
 for f in .gpu/*.tar.xz; do tar -xJf $f -C out; done
 D=docs/gpu_h200_2026-12-04b
-C=engine_plugins/train/configs
+C=$D/configs  # (these configs were in engine_plugins/train/configs/ when they ran, as the logs say)
 date
 OMP_NUM_THREADS=6 timeout $((BUDGET + 150)) python3 $D/train_on_gpu.py gpff $C/gpff_qm9like_stage5_gpu.json $L --budget-s $BUDGET > $OUT/stage5.log 2>&1 &
 OMP_NUM_THREADS=6 timeout $((BUDGET + 150)) python3 $D/train_on_gpu.py gpff $C/gpff_qm9like_wide_gpu.json $L --budget-s $BUDGET > $OUT/wide.log 2>&1 &

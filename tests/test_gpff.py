@@ -444,3 +444,9 @@ def test_init_from_the_shipped_artifact_starts_from_its_weights(tmp_path):
     cfg["train"]["init_from"] = str(shipped.parent / "propagator_transport.pt")
     with pytest.raises(ValueError, match="propagator.*artifact of the same role"):
         train_gpff(cfg)
+    # a model section that contradicts the source is refused, not silently overridden
+    cfg["output_dir"] = str(tmp_path / "wider")
+    cfg["train"]["init_from"] = str(shipped)
+    cfg["model"] = {"num_features": 64, "r_max": 12.0}
+    with pytest.raises(ValueError, match="architecture differs.*num_features"):
+        train_gpff(cfg)

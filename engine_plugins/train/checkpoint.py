@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -59,12 +59,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
-def read_init_source(path: Union[str, os.PathLike], role: str, method: Optional[str], model_config_key: str
+def read_init_source(path: Union[str, os.PathLike], role: str, method: Optional[str], model_config_key: str,
+                     type_names: Sequence[str], model_options: Dict[str, Any], free_keys: Sequence[str] = ()
                      ) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], Dict[str, Any], Optional[Dict[str, Any]]]:
     """(model config, weights, description, checkpoint config) of a run's ``train.init_from``: a
     training checkpoint (its EMA weights) or an exported artifact of role ``role`` (and ``method``,
     when given) whose provenance records its model config under ``model_config_key``. The checkpoint
-    config is None for an artifact; callers check what else must match (types, architecture)."""
+    config is None for an artifact. Raises ValueError when the source's type names differ from
+    ``type_names`` or one of this run's ``model_options`` (other than ``free_keys``, which do not
+    change the parameters) differs from the source's: the architecture comes from the source."""
     import zipfile
 
     from engine_plugins.export.artifact import METADATA_FILE, load_artifact, read_metadata
@@ -89,15 +92,31 @@ def read_init_source(path: Union[str, os.PathLike], role: str, method: Optional[
                              "architecture is unknown. Fix: start from a training checkpoint")
         desc = {"kind": "artifact", "path": str(path), "content_hash": meta.content_hash,
                 "steps": (meta.provenance or {}).get("steps")}
+        _check_init_architecture(path, mc, type_names, model_options, free_keys)
         # the artifact's weights (TorchScript load, content hash verified)
         return dict(mc), dict(load_artifact(path).module.state_dict()), desc, None
     saved = load_checkpoint(path)
     if not isinstance(saved, dict) or "model_config" not in saved:
         raise ValueError(f"train.init_from: {path} is neither an exported artifact nor a training checkpoint")
+    mc = dict(saved["model_config"])
+    _check_init_architecture(path, mc, type_names, model_options, free_keys)
     state = dict(saved["model"])
     state.update(saved["ema"])
     desc = {"kind": "checkpoint", "path": str(path), "steps": int(saved["step"])}
-    return dict(saved["model_config"]), state, desc, saved.get("config", {})
+    return mc, state, desc, saved.get("config", {})
+
+
+def _check_init_architecture(path: Path, mc: Dict[str, Any], type_names: Sequence[str],
+                             model_options: Dict[str, Any], free_keys: Sequence[str]) -> None:
+    if list(mc.get("type_names", [])) != list(type_names):
+        raise ValueError(f"train.init_from: {path} has type names {mc.get('type_names')}, the data {list(type_names)}. "
+                         "Fix: the same types in the same order")
+    differ = {k: (mc.get(k), v) for k, v in model_options.items()
+              if k not in free_keys and k in mc and mc.get(k) != v}
+    if differ:
+        raise ValueError(f"train.init_from: the architecture differs from {path} in model option(s) "
+                         f"{ {k: {'init_from': a, 'config': b} for k, (a, b) in differ.items()} }. Fix: drop "
+                         "these keys from the config's model section (they come from init_from) or start afresh")
 
 
 def load_init_state(model: torch.nn.Module, state: Dict[str, torch.Tensor], path: str) -> None:

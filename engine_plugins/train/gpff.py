@@ -100,7 +100,7 @@ class TrainOptions:
     max_minutes: Optional[float] = None  # stop (with a checkpoint) after this wall time
     # a new run that starts from another run's (EMA) weights, a training checkpoint or an exported
     # gpff artifact: a curriculum stage with another noise ladder or data set; the model config comes
-    # from that source, optimizer and steps start afresh
+    # from that source (a model section that contradicts it is an error), optimizer and steps start afresh
     init_from: Optional[str] = None
 
 
@@ -461,6 +461,10 @@ def train_gpff(config: Union[GPFFTrainConfig, Dict[str, Any], str, Path], *,
         torch.set_num_threads(threads_before)
 
 
+#: model options that do not change the network's parameters (may differ from the init_from source)
+_INIT_FREE_KEYS = ("avg_num_neighbors", "seed")
+
+
 def _train(cfg: GPFFTrainConfig, callback: Optional[Callable[[int, Dict[str, float]], None]]) -> Path:
     from engine_plugins.methods.gpff.model import (
         GPFFModelConfig,
@@ -500,10 +504,8 @@ def _train(cfg: GPFFTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
         mcfg = GPFFModelConfig.from_dict(saved["model_config"])
     init_state: Optional[Dict[str, torch.Tensor]] = None
     if saved is None and opts.init_from:
-        init_mc, init_state, _, _ = read_init_source(opts.init_from, "pseudo_force", "gpff", "gpff_model_config")
-        if list(init_mc.get("type_names", [])) != list(mcfg.type_names):
-            raise ValueError(f"train.init_from: {opts.init_from} has type names {init_mc.get('type_names')}, the "
-                             f"data {list(mcfg.type_names)}. Fix: the same types in the same order")
+        init_mc, init_state, _, _ = read_init_source(opts.init_from, "pseudo_force", "gpff", "gpff_model_config",
+                                                     mcfg.type_names, cfg.model, _INIT_FREE_KEYS)
         mcfg = GPFFModelConfig.from_dict(init_mc)
 
     model = build_gpff_model(mcfg, cfg.noise).to(device)

@@ -635,19 +635,10 @@ def load_init_weights(path: Union[str, Path], cfg: FlowTrainConfig, type_names: 
     from engine_plugins.methods.propagator.model import METHOD_NAME
 
     mc, state, desc, saved_cfg = read_init_source(path, cfg.role, METHOD_NAME if cfg.role == "propagator" else None,
-                                                  "flow_model_config")
+                                                  "flow_model_config", type_names, cfg.model, _INIT_FREE_KEYS)
     if saved_cfg is not None and saved_cfg.get("role", cfg.role) != cfg.role:
         raise ValueError(f"train.init_from: {path} is a checkpoint of a '{saved_cfg['role']}' run; this "
                          f"run trains a '{cfg.role}'")
-    if list(mc.get("type_names", [])) != list(type_names):
-        raise ValueError(f"train.init_from: {path} has type names {mc.get('type_names')}, the data {list(type_names)}. "
-                         "Fix: the same types in the same order")
-    differ = {k: (mc.get(k), v) for k, v in cfg.model.items()
-              if k not in _INIT_FREE_KEYS and k in mc and mc.get(k) != v}
-    if differ:
-        raise ValueError(f"train.init_from: the architecture differs from {path} in model option(s) "
-                         f"{ {k: {'init_from': a, 'config': b} for k, (a, b) in differ.items()} }. Fix: drop "
-                         "these keys from the config's model section (they come from init_from) or start afresh")
     mc = {**mc, "model_dtype": cfg.model.get("model_dtype", mc.get("model_dtype", "float64"))}
     return mc, state, desc
 

@@ -439,6 +439,16 @@ def test_init_from_the_shipped_artifact_starts_from_its_weights(tmp_path):
     assert torch.equal(tuned.module(pos, types, ei, es, n)[1], f_ref)
     assert tuned.metadata.provenance["gpff_model_config"]["num_features"] == \
         ref.metadata.provenance["gpff_model_config"]["num_features"]
+    # the run records its starting point's validation (step 0): the shipped model's, on the run's molecules
+    from engine_plugins.train.gpff import GPFFTrainConfig, MoleculeBatcher, load_molecules, validate
+
+    hist = json.loads((tmp_path / "ft" / "history.json").read_text())
+    assert [h["step"] for h in hist] == [0]
+    c = GPFFTrainConfig.from_dict(cfg)
+    _, val, _ = load_molecules(c.data)
+    direct = validate(ref.module, MoleculeBatcher(val, ref.metadata.type_names, 12.0), c.noise, c.train.val_sigmas,
+                      c.train.val_repeats, c.train.val_seed, torch.device("cpu"), torch.float32)
+    assert math.isfinite(hist[0]["val_loss"]) and abs(hist[0]["val_loss"] - direct["loss"]) < 1e-6
 
     cfg["output_dir"] = str(tmp_path / "wrong")
     cfg["train"]["init_from"] = str(shipped.parent / "propagator_transport.pt")

@@ -520,6 +520,7 @@ def _train(cfg: GPFFTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
     step = 0
     data_desc = {"name": data_name, "n_train": len(train_mols), "n_val": len(val_mols),
                  "train": [m.name for m in train_mols], "val": [m.name for m in val_mols]}
+    fine_tuning = init_state is not None
     if init_state is not None:  # curriculum stage or fine-tuning: the previous (EMA) weights as the start
         load_init_state(model, init_state, str(opts.init_from))
         init_state = None
@@ -563,6 +564,10 @@ def _train(cfg: GPFFTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     t_start = time.time()
+    if fine_tuning:  # the starting point's validation, on the same molecules and noise: the baseline
+        res = run_validation()
+        history.append({"step": 0, "val_loss": res.get("loss") if res else None,
+                        "val": res.get("per_sigma") if res else None, "elapsed_s": round(time.time() - t_start, 2)})
     bar = tqdm(total=opts.steps, initial=step, desc="gpff", unit="step", disable=not opts.progress,
                dynamic_ncols=True)
     running: Optional[float] = None

@@ -117,6 +117,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return evaluate_main(args)
 
 
+def _cmd_adaptive_prior(args: argparse.Namespace) -> int:
+    from engine_plugins.analysis.rollout import RolloutError, measure_case_prior
+    from engine_plugins.data.trajectories import load_cases
+
+    try:
+        for case in load_cases(list(args.cases)):
+            picks = measure_case_prior(args.model, case, args.reference_ps)
+            line = " ".join(f"prior_scale {t} {v:g}" for t, v in picks.items())
+            print(f"{case.case_id} ({case.temperature:g} K): {picks}\n  LAMMPS:  fix ... ep/propagate ... {line}\n"
+                  f"  OpenMM:  create_learned_integrator(..., prior_scale={picks})\n"
+                  f"  evaluate: --prior-scale {' '.join(f'{t}={v:g}' for t, v in picks.items())}")
+    except (RolloutError, OSError, ValueError) as exc:
+        print(f"engine-plugins adaptive-prior: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from engine_plugins.methods.gpff.commands import generate_main
 
@@ -240,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _evaluate_arguments(s)
     s.set_defaults(func=_cmd_evaluate)
+    s = sub.add_parser("adaptive-prior", help="a propagator's adaptive prior pick for a material, measured on the "
+                       "start of a reference run (prints the LAMMPS and OpenMM settings)")
+    s.add_argument("model", help="propagator artifact trained with prior.adaptive")
+    s.add_argument("cases", nargs="+", help="reference case directories (case.json) or their parent/manifest")
+    s.add_argument("--reference-ps", type=float, default=10.0,
+                   help="ps at the start of each reference run to measure on (default 10)")
+    s.set_defaults(func=_cmd_adaptive_prior)
 
     from engine_plugins.methods.gpff import cli_args as gpff_args
 

@@ -203,6 +203,48 @@ def test_openmm_and_lammps_rollouts_equal_the_standalone_sampler(tiny_case, tmp_
         assert np.abs(shift - np.round(shift)).max() < 1e-6, engine  # the same start, up to whole cells
 
 
+def test_adaptive_prior_is_measured_per_case_and_reaches_the_rollout(tiny_case, tmp_path, capsys):
+    """--adaptive-prior PS: the pick is the choice whose MB width is nearest (log) to the rms
+    displacement per component over delta_tau in the first PS ps of the reference (computed here by
+    hand), the rollout runs with it, and the report and `engine-plugins adaptive-prior` say so."""
+    from engine_plugins.cli import main
+    from engine_plugins.methods.propagator.prior import KB_EV_PER_K
+    from engine_plugins.methods.propagator.sampler import propagate
+
+    choices = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    model = _propagator_stub(tmp_path, delta_tau=0.1, temperature_range=(300.0, 900.0),
+                             adaptive={"choices": {"Li": choices}})
+    ref = read_reference(tiny_case)
+    dt = float(ref.times[1] - ref.times[0])
+    lag, n = int(round(0.1 / dt)), int(round(0.5 / dt)) + 1
+    li = np.array([s == "Li" for s in ref.species])
+    d = ref.positions[lag:n, li] - ref.positions[:n - lag, li]
+    rms = np.sqrt(np.mean(d ** 2))
+    width = np.sqrt(KB_EV_PER_K * tiny_case.temperature / 6.94)
+    expected = min(choices, key=lambda c: abs(np.log(c * width / rms)))
+    with pytest.warns(UserWarning, match="outside the model's training range"):
+        report = evaluate([tiny_case.topology.parent], model=str(model), engine="standalone", output=tmp_path / "e",
+                          seed=3, progress=False, r_max=5.5, nbins=40, adaptive_prior=0.5)
+    case = report["cases"][tiny_case.case_id]
+    assert case["rollout"]["prior_scale"] == {"Li": expected} and report["settings"]["adaptive_prior_ps"] == 0.5
+    assert "adaptive pick, measured on the first 0.5 ps" in (tmp_path / "e" / "summary.md").read_text()
+    written = load_cases(tmp_path / "e" / "rollouts" / "standalone" / tiny_case.case_id)[0].read(unwrap="none")
+    kw = dict(n_jumps=10, seed=3, progress=False)
+    picked = propagate(model, ref.positions[0], ref.species, ref.boxes[0], tiny_case.temperature,
+                       prior_scale={"Li": expected}, **kw)
+    default = propagate(model, ref.positions[0], ref.species, ref.boxes[0], tiny_case.temperature, **kw)
+    assert np.abs(written.positions - picked.positions).max() < 1e-3
+    assert np.abs(written.positions - default.positions).max() > 1e-2
+    assert main(["adaptive-prior", str(model), str(tiny_case.topology.parent), "--reference-ps", "0.5"]) == 0
+    assert f"prior_scale Li {expected:g}" in capsys.readouterr().out
+    # a model without an adaptive prior, and a window shorter than delta_tau, are clear errors
+    (tmp_path / "fixed").mkdir()
+    assert main(["adaptive-prior", str(_propagator_stub(tmp_path / "fixed")), str(tiny_case.topology.parent)]) == 2
+    assert "prior is not adaptive" in capsys.readouterr().err
+    assert main(["adaptive-prior", str(model), str(tiny_case.topology.parent), "--reference-ps", "0.05"]) == 2
+    assert "is not longer than delta_tau" in capsys.readouterr().err
+
+
 def test_bad_inputs(tiny_case, tmp_path, capsys):
     from engine_plugins.cli import main
 
@@ -224,7 +266,7 @@ def test_bad_inputs(tiny_case, tmp_path, capsys):
 
 
 def _propagator_stub(tmp_path: Path, delta_tau: float = 0.1, temperature_range=(600.0, 1200.0),
-                     split: dict | None = None) -> Path:
+                     split: dict | None = None, adaptive: dict | None = None) -> Path:
     """A real propagator artifact (the closed-form test vector field of the contract)."""
     import torch
 
@@ -237,6 +279,7 @@ def _propagator_stub(tmp_path: Path, delta_tau: float = 0.1, temperature_range=(
                             role_fields={"delta_tau": delta_tau, "temperature_range": list(temperature_range), "flow_steps": 2,
                                          "solver": "euler", "prior": {"kind": "maxwell_boltzmann",
                                                                       "scale": {"Fw": 1.0, "Li": 1.0},
-                                                                      "mass": {"Fw": 100.0, "Li": 6.94}}},
+                                                                      "mass": {"Fw": 100.0, "Li": 6.94},
+                                                                      **({"adaptive": adaptive} if adaptive else {})}},
                             provenance={"split": split} if split else {})
     return export_artifact(torch.jit.script(PairRelaxPropagator()), meta, tmp_path / f"prop_{delta_tau:g}.pt")

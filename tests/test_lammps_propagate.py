@@ -307,6 +307,8 @@ def test_corrector_must_have_role_corrector(models):
     (f"types Li Ar temp {TEMP}", "missing 'seed S'"),
     (f"types Li Ar temp {TEMP} seed 1 solver rk4", "Illegal fix ep/propagate solver 'rk4'"),
     (f"types Li Ar temp {TEMP} seed 1 gpu yes", "Unknown fix ep/propagate keyword 'gpu'"),
+    (f"types Li Ar temp {TEMP} seed 1 prior_scale Xe 2", "prior_scale: 'Xe' is not a type of model"),
+    (f"types Li Ar temp {TEMP} seed 1 prior_scale Li -1", "Illegal fix ep/propagate prior_scale Li -1"),
 ])
 def test_bad_fix_arguments(models, rest, expected):
     assert expected in lammps_error(lammps_lines(fix_line(models["zero"], rest)))

@@ -351,3 +351,27 @@ def test_openmm_equals_lammps_fix_for_the_same_seed(models, lammps_plugin):
     got, _, _ = openmm_run(models["prop"], types, pos, True, n, models["corr"], seed=3)
     assert np.abs(lmp.frames[0] - pos).max() < 1e-10
     assert np.abs(got - lmp.frames[1:]).max() <= 1e-10
+
+
+def test_prior_scale_override_is_the_same_prior_in_every_engine(models, lammps_plugin, tmp_path):
+    """``prior_scale`` (the adaptive prior's per-material pick) gives exactly the jumps of an artifact
+    whose metadata carries that scale, in the standalone sampler, OpenMM and LAMMPS alike."""
+    from engine_plugins.engines.lammps_propagate import run_lammps_propagate
+    from engine_plugins.methods.propagator.sampler import SamplerError
+
+    field = PairRelaxPropagator(strength=0.05, drift=0.5)
+    wide = export_field(tmp_path / "wide.pt", field, flow_steps=3, scale={"Li": 4.0, "Ar": 0.5})
+    pos, types = system(seed=23)
+    n, over = 3, {"Li": 4.0}
+    ref = standalone(wide, types, pos, True, n, seed=5)
+    assert np.abs(standalone(models["prop"], types, pos, True, n, seed=5) - ref).max() > 1e-3  # the scale matters
+    assert np.abs(standalone(models["prop"], types, pos, True, n, seed=5, prior_scale=over) - ref).max() == 0.0
+    got, _, _ = openmm_run(models["prop"], types, pos, True, n, seed=5, prior_scale=over)
+    assert np.abs(got - ref).max() <= 1e-10
+    lmp = run_lammps_propagate(models["prop"], pos, types, np.eye(3) * BOX, NAMES, [MASS[t] for t in NAMES], 600.0,
+                               5, n, extra="prior_scale Li 4.0")
+    assert np.abs(lmp.frames[1:] - ref).max() <= 1e-10
+    with pytest.raises(SamplerError, match=r"type\(s\) \['Xe'\] that the model does not have"):
+        build_flow_jump(models["prop"], prior_scale={"Xe": 1.0})
+    with pytest.raises(LearnedPropagationError, match="prior_scale for type 'Li' is -1.0"):
+        openmm_run(models["prop"], types, pos, True, 1, prior_scale={"Li": -1.0})

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -228,8 +229,35 @@ def test_adaptive_prior_per_case(tmp_path):
     field = table.prior_field()
     assert field["kind"] == "maxwell_boltzmann" and set(field["adaptive"]["per_case"]) == set(data.split["train"])
     assert all(field["scale"][t] in {"Li": (1.0, 10.0), "Fw": (0.316, 3.16)}[t] for t in ("Li", "Fw"))
+    # held-out cases are measured by the same rule, for validation, without voting for the default
+    default = table.default_scale()
+    table.fit_adaptive(data.val, held_out=True)
+    assert set(table.measured) == set(data.split["val"]) and table.default_scale() == default
+    val_case = data.split["val"][0]
+    assert table.scale_tensor(val_case).tolist() == [table.measured[val_case][t] for t in data.type_names]
     with pytest.raises(ValueError, match="unknown type"):
         PriorTable(PriorOptions(adaptive={"choices": {"Na": [1.0]}}), data.type_names, data.masses)
+
+
+def test_adaptive_pick_measured_on_a_run_recovers_the_width_it_moved_with():
+    """measure_adaptive_scale (what an engine applies to a new material) on random walks whose rms
+    displacement over the lag is the MB width of a known choice: it picks that choice."""
+    from engine_plugins.methods.propagator.prior import measure_adaptive_scale
+
+    prior = {"kind": "maxwell_boltzmann", "scale": {"Li": 1.0, "Fw": 1.0}, "mass": {"Li": 6.94, "Fw": 100.0},
+             "adaptive": {"choices": {"Li": [1.0, 3.0, 10.0]}}}
+    rng = np.random.default_rng(0)
+    temperature, lag = 800.0, 4
+    species = ["Li"] * 16 + ["Fw"] * 16
+    for true in (1.0, 3.0, 10.0):
+        steps = rng.normal(0.0, mb_width(true, temperature, 6.94) / np.sqrt(lag), (400, 32, 3))
+        steps[:, 16:] *= 0.01
+        assert measure_adaptive_scale(prior, np.cumsum(steps, axis=0), species, temperature, lag) == {"Li": true}
+    with pytest.raises(ValueError, match="needs more than lag = 4 frames"):
+        measure_adaptive_scale(prior, np.zeros((4, 32, 3)), species, temperature, lag)
+    with pytest.raises(ValueError, match="prior is not adaptive"):
+        measure_adaptive_scale({k: v for k, v in prior.items() if k != "adaptive"}, np.zeros((9, 32, 3)), species,
+                               temperature, lag)
 
 
 def test_training_lowers_the_loss_exports_and_round_trips(tmp_path):

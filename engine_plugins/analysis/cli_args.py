@@ -34,6 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--platform", default=None, help="OpenMM platform (openmm engine)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where the standalone engine runs (auto: CUDA when available)")
+    p.add_argument("--prior-scale", nargs="+", metavar="TYPE=S",
+                   help="override the propagator's prior scale of these types in every case (e.g. Li=6)")
+    p.add_argument("--adaptive-prior", type=float, metavar="PS",
+                   help="per case, the model's adaptive prior pick measured on the first PS ps of the case's "
+                        "reference run (a model trained with prior.adaptive)")
     p.add_argument("--append-card", help="append a section with the measured figures to this model card (.md)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -52,3 +57,19 @@ def add_bench_propagate_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-cg", help="propagator (default exported_models/propagator_cg_water.pt)")
     g.add_argument("--corrector-cg", help="corrector (default exported_models/corrector_cg_water.pt if present)")
     g.add_argument("--no-corrector", action="store_true", help="time the propagator alone")
+
+
+def parse_prior_scale(items: list[str] | None) -> dict[str, float] | None:
+    """``["Li=6", "Fw=3.16"]`` -> ``{"Li": 6.0, "Fw": 3.16}`` (None stays None); ValueError naming the bad item."""
+    if not items:
+        return None
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ValueError(f"--prior-scale {item!r}: expected TYPE=SCALE, e.g. Li=6")
+    return out

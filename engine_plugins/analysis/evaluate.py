@@ -331,6 +331,19 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
         return str(v)
 
 
+def _prior_lines(report: dict[str, Any]) -> list[str]:
+    """The prior scales the rollouts ran with, when they were not the model's own."""
+    picks = {cid: r.get("rollout", {}).get("prior_scale") for cid, r in report["cases"].items()}
+    picks = {cid: p for cid, p in picks.items() if p}
+    if not picks:
+        return []
+    ps = report["settings"].get("adaptive_prior_ps")
+    how = (f"the model's adaptive pick, measured on the first {_fmt(ps)} ps of each case's reference run"
+           if ps is not None else "set by --prior-scale")
+    return [f"- prior scale ({how}): " + "; ".join(
+        f"{cid} " + ", ".join(f"{t} {_fmt(v)}" for t, v in p.items()) for cid, p in picks.items())]
+
+
 def markdown_summary(report: dict[str, Any]) -> str:
     agg, res = report["aggregate"], report["cases"]
     lines = [f"# Evaluation: {report['label']}", "",
@@ -358,7 +371,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
     lines += [f"- RDF Jensen-Shannon divergence: mean over cases (of the mean over pairs) {_fmt(agg['rdf_jsd_mean'])}, "
               f"worst pair {_fmt(agg['rdf_jsd_max'])} (target ≤ 0.02)",
               f"- centre-of-mass drift: at most {_fmt(agg['com_drift_max'])} Å; non-finite frames: "
-              f"{agg['nonfinite_frames']}; lost atoms: {agg['lost_atoms']}"]
+              f"{agg['nonfinite_frames']}; lost atoms: {agg['lost_atoms']}"] + _prior_lines(report)
     if agg.get("noise_floor"):
         nf = agg["noise_floor"]
         lines.append(f"- noise floor (reference first half vs second half): RDF JSD {_fmt(nf['rdf_jsd_mean'])}, "
@@ -401,6 +414,7 @@ def card_section(report: dict[str, Any], title: str | None = None) -> str:
                  f"{_fmt(agg['rdf_jsd_max'])} (target ≤ 0.02)")
     lines.append(f"- centre-of-mass drift ≤ {_fmt(agg['com_drift_max'])} Å; non-finite frames {agg['nonfinite_frames']}; "
                  f"lost atoms {agg['lost_atoms']}")
+    lines += _prior_lines(report)
     if agg.get("noise_floor"):
         nf = agg["noise_floor"]
         lines.append(f"- noise floor (reference first vs second half): RDF JSD {_fmt(nf['rdf_jsd_mean'])}; median "
@@ -482,13 +496,14 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
              duration_factor: float = 1.0, seed: int = 0, rollouts: str | os.PathLike | None = None,
              r_max: float = 6.0, nbins: int = 60, fit_range: tuple[float, float] = (0.2, 0.8),
              lag_fraction: float = 1.0, progress: bool = True, command: str = "", engine_options: dict | None = None,
-             split: str | None = None) -> dict[str, Any]:
+             split: str | None = None, adaptive_prior: float | None = None) -> dict[str, Any]:
     """Run (or read) learned rollouts for every reference case and compare them; returns the report
-    (also written to ``output``)."""
+    (also written to ``output``). ``adaptive_prior`` (ps): set each case's prior scale to the
+    model's adaptive pick, measured on that many ps at the start of the case's reference run."""
     from tqdm.auto import tqdm
 
-    from engine_plugins.analysis.rollout import (Rollout, RolloutError, check_roles, n_jumps_for, read_reference,
-                                                 run)
+    from engine_plugins.analysis.rollout import (Rollout, RolloutError, check_roles, measure_case_prior, n_jumps_for,
+                                                 read_reference, run)
 
     if not cases:
         raise EvaluationError("no reference cases given. Fix: pass case directories written by "
@@ -525,15 +540,21 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
                 mobile.append(s)
         if rollouts is None:
             n = jumps or n_jumps_for(float(ref.times[-1] - ref.times[0]), delta_tau, duration_factor)
+            options = dict(engine_options or {})
+            if adaptive_prior is not None:
+                options["prior_scale"] = {**measure_case_prior(model, case, adaptive_prior, ref),
+                                          **(options.get("prior_scale") or {})}
             try:
                 ro: Rollout = run(engine, model, case, n, seed, corrector=corrector, out_dir=out / "rollouts",
-                                  progress=progress, reference=ref, **(engine_options or {}))
+                                  progress=progress, reference=ref, **options)
             except RolloutError:
                 raise
             except RuntimeError as exc:  # a jump failed all redraws, or the engine stopped with an error
                 failed[case.case_id] = f"{type(exc).__name__}: {str(exc)[:600]}"
                 continue
             learned, ro_info = ro.read(), ro.to_json()
+            if options.get("prior_scale"):
+                ro_info["prior_scale"] = dict(options["prior_scale"])
         else:
             rc = TrajectoryCase.load(_rollout_case_for(Path(rollouts), case.case_id))
             with warnings.catch_warnings():
@@ -557,7 +578,8 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
               "corrector": str(corrector) if corrector else None, "delta_tau": delta_tau, "seed": seed,
               "mobile_species": mobile, "settings": {"r_max": r_max, "nbins": nbins, "fit_range": list(fit_range),
                                                      "lag_fraction": lag_fraction, "duration_factor": duration_factor,
-                                                     "jumps": jumps},
+                                                     "jumps": jumps, "adaptive_prior_ps": adaptive_prior,
+                                                     "prior_scale": (engine_options or {}).get("prior_scale")},
               "targets": TARGETS, "cases": results, "failed": failed}
     if not results:
         raise EvaluationError("every rollout failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
@@ -607,12 +629,19 @@ def compare_engines(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from engine_plugins.analysis.cli_args import parse_prior_scale
     from engine_plugins.analysis.rollout import RolloutError
 
+    try:
+        prior_scale = parse_prior_scale(getattr(args, "prior_scale", None))
+    except ValueError as exc:
+        print(f"engine-plugins evaluate: error: {exc}", file=sys.stderr)
+        return 2
     opts = {k: v for k, v in {"flow_steps": args.flow_steps,
                               "corrector_flow_steps": getattr(args, "corrector_flow_steps", None), "ranks": args.ranks if args.ranks != 1 else None,
                               "platform": args.platform,
                               "device": None if getattr(args, "device", "auto") == "auto" else args.device,
+                              "prior_scale": prior_scale,
                               }.items() if v is not None}
     t0 = time.perf_counter()
     engines = list(dict.fromkeys(args.engine))
@@ -625,7 +654,8 @@ def main(args: argparse.Namespace) -> int:
                 args.cases, model=args.model, corrector=args.corrector, engine=engine, output=out, jumps=args.jumps,
                 duration_factor=args.duration_factor, seed=args.seed, rollouts=args.rollouts, r_max=args.r_max,
                 nbins=args.nbins, fit_range=tuple(args.fit_range), lag_fraction=args.lag_fraction,
-                progress=args.progress, command=command, engine_options=opts, split=args.split)
+                progress=args.progress, command=command, engine_options=opts, split=args.split,
+                adaptive_prior=getattr(args, "adaptive_prior", None))
     except (EvaluationError, RolloutError, ObservableError, ValueError) as exc:
         print(f"engine-plugins evaluate: error: {exc}", file=sys.stderr)
         return 2

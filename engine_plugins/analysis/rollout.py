@@ -235,6 +235,49 @@ def run(engine: str, model: str | os.PathLike, case: TrajectoryCase | str | os.P
               progress, dict(options))
 
 
+def measure_case_prior(model: str | os.PathLike, case: TrajectoryCase | str | os.PathLike, reference_ps: float,
+                       reference: UnwrappedTrajectory | None = None) -> dict[str, float]:
+    """The adaptive prior's pick ({type: scale}) for the material of ``case``, measured on the first
+    ``reference_ps`` ps of its reference run (:func:`prior.measure_adaptive_scale`: rms
+    displacement per component over the model's Δτ). Pass it to any engine as ``prior_scale``."""
+    from engine_plugins.export.artifact import read_metadata
+    from engine_plugins.methods.propagator.prior import adaptive_choices, measure_adaptive_scale
+    from engine_plugins.units import time_factor
+
+    meta = read_metadata(model)
+    rf = meta.role_fields
+    try:
+        adaptive_choices(rf["prior"])
+    except ValueError as exc:
+        raise RolloutError(f"{model}: {exc}") from exc
+    if not isinstance(case, TrajectoryCase):
+        case = TrajectoryCase.load(case)
+    dtau = float(rf["delta_tau"]) * time_factor(meta.units["time"], "ps")
+    ref = reference if reference is not None else read_reference(case)
+    if ref.n_frames < 2:
+        raise RolloutError(f"case {case.case_id}: the reference has {ref.n_frames} frame(s); measuring the adaptive "
+                           "prior needs a run of at least one delta_tau")
+    dt = float(ref.times[1] - ref.times[0])
+    lag = int(round(dtau / dt))
+    if lag < 1 or abs(lag * dt - dtau) > 1e-6 * dtau:
+        raise RolloutError(f"case {case.case_id}: the model's delta_tau {dtau:g} ps is not a multiple of the reference's "
+                           f"frame interval {dt:g} ps. Fix: write reference frames every delta_tau/k")
+    n = int(round(float(reference_ps) / dt)) + 1
+    if n <= lag:
+        raise RolloutError(f"case {case.case_id}: --adaptive-prior {reference_ps:g} ps is not longer than delta_tau "
+                           f"({dtau:g} ps). Fix: measure over a few delta_tau (e.g. {5 * dtau:g} ps)")
+    if n > ref.n_frames:
+        raise RolloutError(f"case {case.case_id}: the reference covers {float(ref.times[-1] - ref.times[0]):g} ps, "
+                           f"less than the {reference_ps:g} ps asked to measure the adaptive prior on")
+    missing = sorted(set(ref.species) - set(meta.type_names))
+    if missing:
+        raise RolloutError(f"case {case.case_id}: species {missing} are not among the model's types {meta.type_names}")
+    try:
+        return measure_adaptive_scale(rf["prior"], ref.positions[:n], list(ref.species), case.temperature, lag)
+    except ValueError as exc:
+        raise RolloutError(f"{model}: {exc}") from exc
+
+
 def check_roles(model: str | os.PathLike, corrector: str | os.PathLike | None = None) -> None:
     """Clear errors for a model that is not a propagator or a corrector that is not a corrector."""
     from engine_plugins.export.artifact import read_metadata
@@ -284,7 +327,8 @@ def _standalone(model: Path, start: RolloutStart, n_jumps: int, seed: int, corre
     res = sampler.propagate(str(model), start.positions / to_a, [start.type_names[t] for t in start.types],
                             box=start.box / to_a, temperature=start.temperature, n_jumps=n_jumps, seed=seed,
                             corrector=str(corrector) if corrector else None, flow_steps=options.get("flow_steps"),
-                            corrector_flow_steps=options.get("corrector_flow_steps"), progress=progress, device=options.get("device"))
+                            corrector_flow_steps=options.get("corrector_flow_steps"), progress=progress, device=options.get("device"),
+                            prior_scale=options.get("prior_scale"))
     wall = time.perf_counter() - t0
     return save_positions_rollout(directory, start, np.asarray(res.positions) * to_a, engine="standalone",
                                   delta_tau=float(res.delta_tau_ps), seed=seed, wall=wall,
@@ -312,7 +356,8 @@ def _openmm(model: Path, start: RolloutStart, n_jumps: int, seed: int, corrector
     setup = om.create_learned_integrator(system, names, str(model), str(corrector) if corrector else None,
                                          temperature=start.temperature, seed=seed, periodic=True,
                                          flow_steps=options.get("flow_steps"),
-                                         corrector_flow_steps=options.get("corrector_flow_steps"))
+                                         corrector_flow_steps=options.get("corrector_flow_steps"),
+                                         prior_scale=options.get("prior_scale"))
     platform = options.get("platform") or "CPU"
     props = {"Threads": str(options.get("threads", 1))} if platform == "CPU" else {}
     context = mm.Context(system, setup.integrator, mm.Platform.getPlatformByName(platform), props)
@@ -356,6 +401,8 @@ def lammps_propagate_input(model: Path, start: RolloutStart, n_jumps: int, seed:
         extra += f" corrector {Path(corrector).resolve()}"
     if options.get("flow_steps"):
         extra += f" steps {int(options['flow_steps'])}"
+    for name, scale in (options.get("prior_scale") or {}).items():
+        extra += f" prior_scale {name} {float(scale):.17g}"
     if options.get("corrector_flow_steps"):
         raise RolloutError("fix ep/propagate has no keyword for the corrector's flow steps (it runs the corrector's "
                            "own); drop corrector_flow_steps (--corrector-flow-steps) for the lammps engine")

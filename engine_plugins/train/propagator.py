@@ -370,6 +370,7 @@ class PriorTable:
         self.masses = {t: float(masses[t]) for t in self.type_names}
         self.mass = torch.tensor([self.masses[t] for t in self.type_names], dtype=torch.float64)
         self.per_case: Dict[str, Dict[str, float]] = {}
+        self.measured: Dict[str, Dict[str, float]] = {}  # held-out cases' picks (validation only)
         self.adaptive = opts.adaptive
         if self.adaptive is not None:
             choices = self.adaptive.get("choices") if isinstance(self.adaptive, dict) else None
@@ -380,23 +381,22 @@ class PriorTable:
             if unknown:
                 raise ValueError(f"prior.adaptive.choices names unknown type(s) {unknown}; types: {self.type_names}")
 
-    def fit_adaptive(self, ds: Any) -> None:
-        """Pick each case's scale per adaptive type from the case's own rms displacement at the lag."""
-        from engine_plugins.methods.propagator.loss import adaptive_prior_scale
+    def fit_adaptive(self, ds: Any, held_out: bool = False) -> None:
+        """Pick each case's scale per adaptive type from the case's own rms displacement at the lag
+        (:func:`measure_adaptive_scale`, the rule an engine applies to a new material). Training
+        cases (``held_out=False``) make ``per_case`` (stored, and the default's vote); held-out
+        ones are measured the same way so that validation samples with their own pick."""
+        from engine_plugins.methods.propagator.prior import measure_adaptive_scale
 
-        if self.adaptive is None:
+        if self.adaptive is None or ds is None:
             return
+        rule = {"adaptive": self.adaptive, "mass": self.masses}
+        table = self.measured if held_out else self.per_case
         for case, traj, types in zip(ds.cases, ds.trajectories, ds._types):
-            pairs = np.arange(0, traj.n_frames - ds.lag)
-            d = traj.positions[pairs + ds.lag] - traj.positions[pairs]
             picks = dict(self.base)
-            for name, choices in self.adaptive["choices"].items():
-                sel = types.numpy() == self.type_names.index(name)
-                if not sel.any():
-                    continue
-                rms = float(np.sqrt(np.mean(d[:, sel] ** 2)))
-                picks[name] = adaptive_prior_scale(rms, case.temperature, self.masses[name], choices)
-            self.per_case[case.case_id] = picks
+            picks.update(measure_adaptive_scale(rule, traj.positions, [self.type_names[i] for i in types.tolist()],
+                                                case.temperature, ds.lag))
+            table[case.case_id] = picks
 
     def default_scale(self) -> Dict[str, float]:
         """The scale stored in the artifact: the fixed one, or the most common adaptive pick."""
@@ -409,7 +409,8 @@ class PriorTable:
         return out
 
     def scale_tensor(self, case_id: Optional[str] = None) -> torch.Tensor:
-        table = self.per_case.get(case_id, self.default_scale()) if case_id is not None else self.default_scale()
+        table = self.per_case.get(case_id) or self.measured.get(case_id) if case_id is not None else None
+        table = table or self.default_scale()
         return torch.tensor([table[t] for t in self.type_names], dtype=torch.float64)
 
     def sigma(self, types: torch.Tensor, temperature: torch.Tensor, case_ids: Sequence[str],
@@ -725,6 +726,7 @@ def _train(cfg: FlowTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
         mcfg = FlowModelConfig.from_dict(mcfg_dict)
         prior.fit_adaptive(data.train)
         _data_scales(cfg, data, prior, mcfg)
+    prior.fit_adaptive(data.val, held_out=True)
     dtype = getattr(torch, mcfg.model_dtype)
 
     model = build_flow_model(mcfg).to(device)

@@ -97,7 +97,8 @@ const std::map<std::string, std::pair<std::string, std::string>> LAMMPS_UNITS = 
 // keywords of the fix (they end the list of type names)
 const std::set<std::string> KEYWORDS = {"types",        "temp",     "seed",   "corrector",
                                         "steps",        "solver",   "max_attempts",
-                                        "max_disp",     "timestep", "device",   "threads"};
+                                        "max_disp",     "timestep", "device",   "threads",
+                                        "prior_scale"};
 
 // which LAMMPS style of engine_plugins runs each artifact role
 const std::map<std::string, std::string> ROLE_STYLE = {
@@ -180,7 +181,7 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
   const std::string usage =
       "expected 'fix ID group ep/propagate MODEL.pt types NAME1 ... NAMEntypes temp T seed S "
       "[corrector MODEL2.pt|none] [steps K] [solver euler|heun] [max_attempts N] [max_disp D] "
-      "[timestep check|set] [device cpu|cuda|auto] [threads N]'";
+      "[timestep check|set] [device cpu|cuda|auto] [threads N] [prior_scale NAME S ...]'";
   if (narg < 4) error->all(FLERR, "Illegal fix ep/propagate command: {}", usage);
 
   time_integrate = 1;
@@ -283,6 +284,16 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
                    "'device auto' (CUDA when libtorch sees a GPU)",
                    device_request);
       iarg += 2;
+    } else if (keyword == "prior_scale") {
+      if (iarg + 3 > narg) utils::missing_cmd_args(FLERR, "fix ep/propagate prior_scale", error);
+      const double value = utils::numeric(FLERR, arg[iarg + 2], false, lmp);
+      if (!std::isfinite(value) || value < 0.0)
+        error->all(FLERR,
+                   "Illegal fix ep/propagate prior_scale {} {}: use a model type name and a finite "
+                   "scale >= 0 (e.g. 'prior_scale Li 6')",
+                   arg[iarg + 1], arg[iarg + 2]);
+      prior_scale_override.emplace_back(arg[iarg + 1], value);
+      iarg += 3;
     } else if (keyword == "threads") {
       if (iarg + 2 > narg) utils::missing_cmd_args(FLERR, "fix ep/propagate threads", error);
       num_threads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
@@ -292,7 +303,8 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
     } else {
       error->all(FLERR,
                  "Unknown fix ep/propagate keyword '{}': the keywords are types, temp, seed, "
-                 "corrector, steps, solver, max_attempts, max_disp, timestep, device, threads ({})",
+                 "corrector, steps, solver, max_attempts, max_disp, timestep, device, threads, "
+                 "prior_scale ({})",
                  keyword, usage);
     }
   }
@@ -627,6 +639,19 @@ std::unique_ptr<FixEPPropagate::Model> FixEPPropagate::load_model(const std::str
     if (!rf["max_attempts"].is_number_integer() || rf["max_attempts"].get<int>() < 1)
       bad("role_fields.max_attempts", "is not an integer >= 1", "export a positive number");
     m->max_attempts_meta = rf["max_attempts"].get<int>();
+  }
+
+  // the propagator's prior scales from the input ('prior_scale NAME S'), before the widths
+  if (want_role == "propagator") {
+    for (const auto &kv : prior_scale_override) {
+      auto found = std::find(m->type_names.begin(), m->type_names.end(), kv.first);
+      if (found == m->type_names.end())
+        error->all(FLERR,
+                   "fix ep/propagate prior_scale: '{}' is not a type of model '{}'. Fix: use one of "
+                   "its type names: {}",
+                   kv.first, path, join_names(m->type_names));
+      m->scale[found - m->type_names.begin()] = kv.second;
+    }
   }
 
   // engine side: units, type map, prior widths

@@ -27,6 +27,7 @@ FixStyle(ep/propagate,FixEPPropagate);
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace LAMMPS_NS {
@@ -58,6 +59,9 @@ class FixEPPropagate : public Fix {
   uint64_t seed;
   int steps_override;        // flow steps from the input (0: from the metadata)
   std::string solver_override;
+  // 'prior_scale NAME S': the propagator's prior scale of model type NAME (the adaptive
+  // prior's pick for this material), in input order
+  std::vector<std::pair<std::string, double>> prior_scale_override;
   int max_attempts;
   double max_disp;           // LAMMPS length units, <= 0: from the metadata
   bool set_timestep;         // 'timestep set': dt := delta_tau instead of an error

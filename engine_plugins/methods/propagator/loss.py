@@ -39,7 +39,8 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from engine_plugins.methods.propagator.prior import KB_EV_PER_K, maxwell_boltzmann_sigma
+from engine_plugins.methods.propagator.prior import (KB_EV_PER_K, adaptive_prior_scale,  # noqa: F401 (re-exported)
+                                                     maxwell_boltzmann_sigma, mb_width)
 
 LOSS_WEIGHTINGS = ("per_type", "none")
 
@@ -115,31 +116,6 @@ def flow_matching_loss(v: torch.Tensor, target: torch.Tensor, types: torch.Tenso
 
 
 # ------------------------------------------------------------------------------------ priors
-def mb_width(scale: float, temperature: float, mass: float) -> float:
-    """Maxwell-Boltzmann prior width (angstrom) of one species: scale sqrt(k_B T / m)."""
-    return float(scale) * math.sqrt(KB_EV_PER_K * float(temperature) / float(mass))
-
-
-def adaptive_prior_scale(rms: float, temperature: float, mass: float, choices: Sequence[float]) -> float:
-    """The member of ``choices`` whose MB width is nearest (log scale) to the measured ``rms``.
-
-    ``rms``: root-mean-square displacement per Cartesian component (angstrom) of the species over
-    one lag in the conditioning data. Ties go to the smaller scale.
-    """
-    if not choices:
-        raise ValueError("adaptive prior: choices is empty. Fix: give e.g. [1, 10]")
-    if not (math.isfinite(rms) and rms > 0):
-        return float(min(choices))
-    best, best_d = None, float("inf")
-    for c in sorted(float(x) for x in choices):
-        if not c > 0:
-            raise ValueError(f"adaptive prior: choice {c} must be > 0")
-        d = abs(math.log(mb_width(c, temperature, mass)) - math.log(rms))
-        if d < best_d - 1e-12:
-            best, best_d = c, d
-    return float(best)
-
-
 def check_prior(prior: Mapping, type_names: Sequence[str]) -> None:
     """Raise a ValueError naming the problem when ``prior`` is not a usable MB prior."""
     from engine_plugins.methods.propagator.prior import prior_tensors

@@ -1,9 +1,20 @@
-"""Maxwell-Boltzmann prior widths for the flow's initial displacement (LiFlow's prior)."""
+"""Maxwell-Boltzmann prior widths for the flow's initial displacement (LiFlow's prior).
+
+The *adaptive* prior (LiFlow): a species' scale is chosen per material from a small set of
+choices by how mobile the material is, so that the prior width itself tells the propagator how
+far atoms of this material move in one jump. A model trained that way stores the choices and the
+rule in ``role_fields.prior.adaptive``. LiFlow picks with a classifier; here the pick is measured:
+:func:`measure_adaptive_scale` applies the rule to a short reference run of the material (the rms
+displacement per component over one Δτ), and every engine takes the result as a scale override
+(:func:`with_scale_override`; OpenMM ``prior_scale=``, LAMMPS ``prior_scale NAME S``).
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 import torch
 
@@ -37,3 +48,89 @@ def prior_tensors(prior: Mapping, type_names: Sequence[str],
     if not all(math.isfinite(v) and v > 0 for v in out[1].tolist()):
         raise ValueError("role_fields.prior.mass must be positive and finite (amu)")
     return out[0], out[1]
+
+
+def mb_width(scale: float, temperature: float, mass: float) -> float:
+    """Maxwell-Boltzmann prior width (angstrom) of one species: scale sqrt(k_B T / m)."""
+    return float(scale) * math.sqrt(KB_EV_PER_K * float(temperature) / float(mass))
+
+
+def adaptive_prior_scale(rms: float, temperature: float, mass: float, choices: Sequence[float]) -> float:
+    """The member of ``choices`` whose MB width is nearest (log scale) to the measured ``rms``.
+
+    ``rms``: root-mean-square displacement per Cartesian component (angstrom) of the species over
+    one lag in the conditioning data. Ties go to the smaller scale.
+    """
+    if not choices:
+        raise ValueError("adaptive prior: choices is empty. Fix: give e.g. [1, 10]")
+    if not (math.isfinite(rms) and rms > 0):
+        return float(min(choices))
+    best, best_d = None, float("inf")
+    for c in sorted(float(x) for x in choices):
+        if not c > 0:
+            raise ValueError(f"adaptive prior: choice {c} must be > 0")
+        d = abs(math.log(mb_width(c, temperature, mass)) - math.log(rms))
+        if d < best_d - 1e-12:
+            best, best_d = c, d
+    return float(best)
+
+
+def with_scale_override(prior: Mapping, type_names: Sequence[str],
+                        override: Mapping[str, float] | None) -> dict[str, Any]:
+    """``role_fields.prior`` with the scales of some types replaced (e.g. the adaptive pick for a material).
+
+    Every name must be a model type and every scale finite and >= 0; otherwise a ValueError that
+    names the problem and the fix.
+    """
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in prior.items()}
+    if not override:
+        return out
+    unknown = [t for t in override if t not in type_names]
+    if unknown:
+        raise ValueError(f"prior_scale names type(s) {unknown} that the model does not have. Fix: use the model's "
+                         f"type names {list(type_names)}")
+    for t, v in override.items():
+        v = float(v)
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"prior_scale for type '{t}' is {v}. Fix: give a finite scale >= 0")
+        out.setdefault("scale", {})[t] = v
+    return out
+
+
+def adaptive_choices(prior: Mapping) -> Mapping[str, Sequence[float]]:
+    """``{type: [scales]}`` of an adaptive prior; a ValueError with the fix for a fixed one."""
+    adaptive = prior.get("adaptive")
+    if not isinstance(adaptive, Mapping) or not adaptive.get("choices"):
+        raise ValueError("the model's prior is not adaptive (role_fields.prior.adaptive is missing). Fix: train with "
+                         "prior.adaptive = {'choices': {type: [scales...]}}, or set prior_scale by hand")
+    return adaptive["choices"]
+
+
+def measure_adaptive_scale(prior: Mapping, positions: np.ndarray, species: Sequence[str], temperature: float,
+                           lag: int) -> dict[str, float]:
+    """The adaptive prior's pick for one material: per adaptive type, the choice whose width is
+    nearest (log scale) to the rms displacement per component over ``lag`` frames.
+
+    ``positions``: [frames, atoms, 3] *unwrapped* positions in angstrom of a reference run of the
+    material at ``temperature`` (frames one Δτ/``lag`` apart, at least ``lag + 1`` of them);
+    ``species``: the model type name of each atom. Raises a ValueError when the model has no
+    adaptive prior or the run is too short.
+    """
+    choices_by_type = adaptive_choices(prior)
+    pos = np.asarray(positions, dtype=float)
+    lag = int(lag)
+    if lag < 1 or pos.ndim != 3 or pos.shape[0] <= lag:
+        raise ValueError(f"measuring the adaptive prior needs more than lag = {lag} frames, got {pos.shape[0]}. "
+                         "Fix: give a longer reference run (at least one delta_tau plus one frame)")
+    if pos.shape[1] != len(species):
+        raise ValueError(f"{len(species)} species for {pos.shape[1]} atoms")
+    d = pos[lag:] - pos[:-lag]
+    names = np.asarray(list(species))
+    picks: dict[str, float] = {}
+    for name, choices in choices_by_type.items():
+        sel = names == name
+        if not sel.any():
+            continue
+        rms = float(np.sqrt(np.mean(d[:, sel] ** 2)))
+        picks[name] = adaptive_prior_scale(rms, temperature, float(prior["mass"][name]), choices)
+    return picks

@@ -28,13 +28,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
 from engine_plugins.export.artifact import Artifact, load_artifact
-from engine_plugins.methods.propagator.prior import KB_EV_PER_K, prior_tensors
+from engine_plugins.methods.propagator.prior import KB_EV_PER_K, prior_tensors, with_scale_override
 from engine_plugins.nn.counter_noise import counter_normal
 from engine_plugins.nn.graph import VerletGraph
 from engine_plugins.units import UnitError, length_factor, time_factor
@@ -219,8 +219,11 @@ def check_vector_field_role(art: Artifact, role: str) -> None:
 
 def build_flow_sampler(model: str | os.PathLike | Artifact, role: str = "propagator",
                        flow_steps: int | None = None, solver: str | None = None,
-                       skin: float = 1.0) -> FlowSampler:
-    """A :class:`FlowSampler` for a ``propagator`` or ``corrector`` artifact (metadata checked)."""
+                       skin: float = 1.0, prior_scale: Mapping[str, float] | None = None) -> FlowSampler:
+    """A :class:`FlowSampler` for a ``propagator`` or ``corrector`` artifact (metadata checked).
+
+    ``prior_scale`` ({type: scale}) replaces the metadata's prior scale of those types, e.g. the
+    adaptive prior's pick for the material at hand (:func:`prior.measure_adaptive_scale`)."""
     art = _artifact(model)
     check_vector_field_role(art, role)
     meta = art.metadata
@@ -231,7 +234,7 @@ def build_flow_sampler(model: str | os.PathLike | Artifact, role: str = "propaga
         raise SamplerError(f"{art.path}: the Maxwell-Boltzmann prior is in Å, but the model's length unit "
                            f"'{meta.units['length']}' cannot be converted: {exc}") from exc
     try:
-        scale, mass = prior_tensors(rf["prior"], meta.type_names)
+        scale, mass = prior_tensors(with_scale_override(rf["prior"], meta.type_names, prior_scale), meta.type_names)
     except ValueError as exc:
         raise SamplerError(f"{art.path}: {exc}") from exc
     k = int(rf["flow_steps"] if flow_steps is None else flow_steps)
@@ -253,10 +256,11 @@ def build_flow_sampler(model: str | os.PathLike | Artifact, role: str = "propaga
 def build_flow_jump(propagator: str | os.PathLike | Artifact, corrector: str | os.PathLike | Artifact | None = None,
                     flow_steps: int | None = None, solver: str | None = None,
                     corrector_flow_steps: int | None = None, corrector_solver: str | None = None,
-                    script: bool = True) -> FlowJump:
-    """A (scripted) :class:`FlowJump` from a propagator artifact and an optional corrector artifact."""
+                    script: bool = True, prior_scale: Mapping[str, float] | None = None) -> FlowJump:
+    """A (scripted) :class:`FlowJump` from a propagator artifact and an optional corrector artifact;
+    ``prior_scale`` overrides the propagator's prior scale per type (see :func:`build_flow_sampler`)."""
     prop_art = _artifact(propagator)
-    prop = build_flow_sampler(prop_art, "propagator", flow_steps, solver)
+    prop = build_flow_sampler(prop_art, "propagator", flow_steps, solver, prior_scale=prior_scale)
     corr = None
     ctypes = None
     if corrector is not None:
@@ -367,7 +371,7 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
               corrector: str | os.PathLike | Artifact | None = None, flow_steps: int | None = None,
               solver: str | None = None, trajectory: str | os.PathLike | None = None,
               device: str | torch.device | None = None, progress: bool = True,
-              corrector_flow_steps: int | None = None) -> Rollout:
+              corrector_flow_steps: int | None = None, prior_scale: Mapping[str, float] | None = None) -> Rollout:
     """Standalone learned rollout: ``n_jumps`` jumps of Δτ from ``positions`` (model length unit, Å).
 
     ``start_step`` is the step counter of the start frame; the jump that reaches step n (frame
@@ -376,7 +380,8 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
     the rest and every engine gives the same trajectory for the same seed. ``box`` (rows = cell vectors) or None for an open
     system. ``trajectory`` (optional) is written with MDAnalysis, format from the suffix (.dcd, .xtc,
     .xyz, .pdb, ...), frames 0..n_jumps, unwrapped; .dcd/.xtc get a .pdb topology beside them.
-    Runs on CUDA when available unless ``device`` says otherwise.
+    Runs on CUDA when available unless ``device`` says otherwise. ``prior_scale`` ({type: scale})
+    overrides the propagator's prior scale, e.g. the adaptive prior's pick for this material.
     """
     from tqdm.auto import tqdm
 
@@ -400,7 +405,8 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SamplerError(f"device '{dev}' asked for, but torch sees no CUDA device. Fix: run on the CPU "
                            "(--device cpu or auto; in Python device='cpu' or None)")
-    jump = build_flow_jump(prop_art, corrector, flow_steps, solver, corrector_flow_steps).to(dev)
+    jump = build_flow_jump(prop_art, corrector, flow_steps, solver, corrector_flow_steps,
+                           prior_scale=prior_scale).to(dev)
     dtype = getattr(torch, meta.dtype)
     x = torch.as_tensor(pos, dtype=dtype, device=dev)
     box_t = None if box is None else torch.as_tensor(np.asarray(box, float), dtype=dtype, device=dev)

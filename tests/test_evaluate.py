@@ -243,6 +243,10 @@ def test_adaptive_prior_is_measured_per_case_and_reaches_the_rollout(tiny_case, 
     assert "prior is not adaptive" in capsys.readouterr().err
     assert main(["adaptive-prior", str(model), str(tiny_case.topology.parent), "--reference-ps", "0.05"]) == 2
     assert "is not longer than delta_tau" in capsys.readouterr().err
+    assert main(["adaptive-prior", str(REPO / "exported_models" / "lj_argon.pt"), str(tiny_case.topology.parent)]) == 2
+    assert "role 'pseudo_force' has no adaptive prior" in capsys.readouterr().err
+    assert main(["evaluate", str(tiny_case.topology.parent), "--model", str(model), "--prior-scale", "Li"]) == 2
+    assert "--prior-scale 'Li': expected TYPE=SCALE" in capsys.readouterr().err
 
 
 def test_bad_inputs(tiny_case, tmp_path, capsys):

@@ -247,7 +247,9 @@ def measure_case_prior(model: str | os.PathLike, case: TrajectoryCase | str | os
     meta = read_metadata(model)
     rf = meta.role_fields
     try:
-        adaptive_choices(rf["prior"])
+        if meta.role != "propagator":
+            raise ValueError(f"role '{meta.role}' has no adaptive prior. Fix: pass a 'propagator' artifact")
+        adaptive_choices(rf.get("prior") or {})
     except ValueError as exc:
         raise RolloutError(f"{model}: {exc}") from exc
     if not isinstance(case, TrajectoryCase):

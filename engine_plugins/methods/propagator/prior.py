@@ -15,7 +15,6 @@ import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-
 import torch
 
 #: Boltzmann constant in eV/K (CODATA 2018).

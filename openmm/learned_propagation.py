@@ -21,7 +21,8 @@ import openmm as mm
 import openmm.app as app
 import openmm.unit as unit
 
-from engine_plugins.engines.openmm_propagate import create_learned_integrator, create_system_for_model
+from engine_plugins.engines.openmm_propagate import (LearnedPropagationError, create_learned_integrator,
+                                                     create_system_for_model)
 
 
 def _demo_inputs(out: Path) -> tuple[Path, Path]:
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-interval", type=int, default=10)
     p.add_argument("--type-map", nargs="*", default=[], metavar="NAME=TYPE",
                    help="map atom/element/residue names of the structure to model type names")
+    p.add_argument("--prior-scale", nargs="*", default=[], metavar="TYPE=S",
+                   help="prior scale per type, e.g. Li=6: the adaptive prior's pick for this material "
+                        "(`engine-plugins adaptive-prior MODEL CASE` measures it)")
     p.add_argument("--platform", default="CPU", help="Reference (float64), CPU, or CUDA when a GPU is present")
     p.add_argument("--output", default="out/openmm_learned")
     p.add_argument("--demo", action="store_true", help="run the closed-form demo field on a built-in box")
@@ -77,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         p.error("give --model and --structure, or --demo")
     type_map = dict(item.split("=", 1) for item in args.type_map) or None
+    from engine_plugins.analysis.cli_args import parse_prior_scale
+
+    try:
+        prior_scale = parse_prior_scale(args.prior_scale)
+    except ValueError as exc:
+        p.error(str(exc))
 
     from engine_plugins.export.artifact import read_metadata
 
@@ -87,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     pdb = reader(str(structure))
 
     system = create_system_for_model(pdb.topology, model, type_map)            # particles with the model's masses
-    setup = create_learned_integrator(system, pdb.topology, model, args.corrector,  # <- the learned integrator
-                                      temperature=temperature, seed=args.seed, type_map=type_map)
+    try:
+        setup = create_learned_integrator(system, pdb.topology, model, args.corrector,  # <- the learned integrator
+                                          temperature=temperature, seed=args.seed, type_map=type_map,
+                                          prior_scale=prior_scale)
+    except LearnedPropagationError as exc:
+        p.error(str(exc))
     simulation = app.Simulation(pdb.topology, system, setup.integrator,      # <- an ordinary Simulation
                                 mm.Platform.getPlatformByName(args.platform))
     simulation.context.setPositions(pdb.positions)

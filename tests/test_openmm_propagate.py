@@ -375,3 +375,17 @@ def test_prior_scale_override_is_the_same_prior_in_every_engine(models, lammps_p
         build_flow_jump(models["prop"], prior_scale={"Xe": 1.0})
     with pytest.raises(LearnedPropagationError, match="prior_scale for type 'Li' is -1.0"):
         openmm_run(models["prop"], types, pos, True, 1, prior_scale={"Li": -1.0})
+
+
+def test_example_script_takes_a_prior_scale(tmp_path, capsys):
+    """openmm/learned_propagation.py --demo runs with --prior-scale, and names a wrong type name."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learned_propagation", REPO / "openmm" / "learned_propagation.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--demo", "--jumps", "4", "--report-interval", "2", "--output", str(tmp_path), "--prior-scale", "Li=2"])
+    assert (tmp_path / "trajectory.dcd").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        script.main(["--demo", "--jumps", "1", "--output", str(tmp_path / "x"), "--prior-scale", "Xe=2"])
+    assert "prior_scale names type(s) ['Xe']" in capsys.readouterr().err

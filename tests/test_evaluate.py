@@ -182,9 +182,11 @@ def test_evaluate_runs_standalone_rollouts_of_a_propagator(tiny_case, tmp_path):
         SpeciesMSD(trajectory_universe(written).atoms, remove_com=True).run().results.msd["Li"][-1], rel=1e-9)
 
 
-def test_openmm_and_lammps_rollouts_equal_the_standalone_sampler(tiny_case, tmp_path, lammps_plugin):
+@pytest.mark.parametrize("prior_scale", [None, {"Li": 3.0}])
+def test_openmm_and_lammps_rollouts_equal_the_standalone_sampler(tiny_case, tmp_path, lammps_plugin, prior_scale):
     """The engine adapters of the rollout interface give the sampler's rollout (one noise-step
-    convention in every engine), read back through each engine's trajectory file and unwrapping."""
+    convention in every engine), read back through each engine's trajectory file and unwrapping;
+    a prior_scale option (the adaptive pick) reaches every engine."""
     from engine_plugins.analysis.rollout import run
     from engine_plugins.methods.propagator.sampler import propagate
 
@@ -192,10 +194,11 @@ def test_openmm_and_lammps_rollouts_equal_the_standalone_sampler(tiny_case, tmp_
     ref = read_reference(tiny_case)
     n = 4
     for engine in ("openmm", "lammps"):
-        ro = run(engine, model, tiny_case, n, seed=5, out_dir=tmp_path / "ro", progress=False, reference=ref)
+        ro = run(engine, model, tiny_case, n, seed=5, out_dir=tmp_path / "ro", progress=False, reference=ref,
+                 prior_scale=prior_scale)
         got = ro.read()
         direct = propagate(model, ref.positions[0], ref.species, ref.boxes[0], tiny_case.temperature, n_jumps=n,
-                           seed=5, progress=False)
+                           seed=5, progress=False, prior_scale=prior_scale)
         assert got.n_frames == n + 1 and got.species == ref.species
         # OpenMM: float32 DCD; LAMMPS: %.10g dump + image flags, start frame wrapped into the cell
         assert np.abs(got.positions - got.positions[0] - (direct.positions - direct.positions[0])).max() < 1e-3, engine

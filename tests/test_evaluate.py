@@ -270,6 +270,8 @@ def test_bad_inputs(tiny_case, tmp_path, capsys):
         evaluate([case_dir], model=str(_propagator_stub(tmp_path)), output=tmp_path / "x", progress=False, split="test")
     with pytest.raises(EvaluationError, match="--model"):
         evaluate([case_dir], output=tmp_path / "x", progress=False)
+    with pytest.raises(EvaluationError, match="set the prior of new rollouts"):
+        evaluate([case_dir], rollouts=tmp_path, output=tmp_path / "x", progress=False, adaptive_prior=10.0)
 
 
 def _propagator_stub(tmp_path: Path, delta_tau: float = 0.1, temperature_range=(600.0, 1200.0),

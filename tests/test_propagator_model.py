@@ -235,6 +235,14 @@ def test_adaptive_prior_per_case(tmp_path):
     assert set(table.measured) == set(data.split["val"]) and table.default_scale() == default
     val_case = data.split["val"][0]
     assert table.scale_tensor(val_case).tolist() == [table.measured[val_case][t] for t in data.type_names]
+    # by hand: the Li rms displacement per component over the lag, nearest MB width on a log scale
+    k = data.val.case_ids().index(val_case)
+    traj, lag = data.val.trajectories[k], data.val.lag
+    li = np.array([s == "Li" for s in traj.species])
+    rms = float(np.sqrt(np.mean((traj.positions[lag:, li] - traj.positions[:-lag, li]) ** 2)))
+    temp = data.val.cases[k].temperature
+    expected = min((1.0, 10.0), key=lambda c: abs(math.log(mb_width(c, temp, data.masses["Li"]) / rms)))
+    assert table.measured[val_case]["Li"] == expected
     with pytest.raises(ValueError, match="unknown type"):
         PriorTable(PriorOptions(adaptive={"choices": {"Na": [1.0]}}), data.type_names, data.masses)
 

@@ -517,6 +517,9 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
         case_list = cases_of_split(case_list, model, split)
     if model is None and rollouts is None:
         raise EvaluationError("give --model (to run rollouts) or --rollouts DIR (to evaluate written ones)")
+    if rollouts is not None and (adaptive_prior is not None or (engine_options or {}).get("prior_scale")):
+        raise EvaluationError("--adaptive-prior/--prior-scale set the prior of new rollouts; rollouts read from "
+                              "--rollouts ran with whatever prior they ran with. Fix: drop one of them")
     if not 0 < lag_fraction <= 1:
         raise EvaluationError(f"lag_fraction must be in (0, 1], got {lag_fraction}")
     delta_tau = None

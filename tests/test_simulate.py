@@ -95,6 +95,21 @@ def test_bad_transport_inputs():
         transport_system(TransportMaterial("dilute", 0.001, 1.6), 2)
 
 
+def test_material_sets_expand_in_order_and_keep_the_standard_default():
+    """``--materials standard|extra|wide``: the default is the standard four (the shipped models'
+    data), ``wide`` is standard then extra, so the standard cases keep their seeds (seed + index)."""
+    from engine_plugins.data.simulate import TRANSPORT_MATERIAL_SETS, _resolve_materials
+
+    names = lambda ms: [m.name for m in _resolve_materials(ms)]  # noqa: E731
+    std = names(None)
+    assert std == names(["standard"]) == ["Li0.25-s1.55", "Li0.50-s1.60", "Li0.125-s1.68", "Li0.375-s1.72"]
+    assert names(["wide"]) == std + names(["extra"]) and len(names(["wide"])) == 12
+    assert len(set(names(["wide"]))) == 12 and set(TRANSPORT_MATERIAL_SETS["wide"]) <= set(TRANSPORT_MATERIALS)
+    assert names(["extra", "Li0.25-s1.55"])[-1] == "Li0.25-s1.55"
+    with pytest.raises(SimulationError, match="sets: standard, extra, wide"):
+        _resolve_materials(["widest"])
+
+
 def test_failed_lammps_run_names_the_case_and_the_error(tmp_path):
     from engine_plugins.data.simulate import run_transport_case
     from engine_plugins.engines.lammps_backend import LammpsError

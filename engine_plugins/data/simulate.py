@@ -13,7 +13,7 @@ units), plus a ``manifest.json`` listing the cases:
   repulsive (Weeks-Chandler-Andersen: LJ cut at its minimum and shifted). The hop barrier grows
   steeply with the mobile-framework size ``sigma_mf``; each built-in *material* is a loading
   (mobile atoms per octahedral site) and a ``sigma_mf``. Four materials x four temperatures
-  (600-1200 K) span about three orders of magnitude in the mobile species' diffusivity
+  (600-1200 K; eight more in the ``extra`` set) span about three orders of magnitude in the mobile species' diffusivity
   (``summary.json`` lists D per case; README of the data: docstring of :data:`TRANSPORT_MATERIALS`).
   Protocol: velocities at T, Langevin thermostat + NVE for equilibration, then production either
   NVT (Nose-Hoover, default) or NVE; trajectory = LAMMPS dump ``id type x y z ix iy iz`` (wrapped
@@ -106,12 +106,32 @@ class TransportModel:
 #: Li0.25-s1.55 0.45/0.69/1.04/1.40; Li0.50-s1.60 0.078/0.19/0.34/0.47;
 #: Li0.125-s1.68 0.0086/0.067/0.14/0.33; Li0.375-s1.72 0.00072/0.0083/0.030/0.066:
 #: 7.2e-4 .. 1.4, 3.3 orders of magnitude (framework D ~ 0 within +-1e-5: it stays crystalline).
+#: The ``extra`` set (run on its own, ``--materials extra``, seeds 1..32) fills the same range with
+#: more loadings and sizes, so a propagator sees more than two hopping materials per temperature:
+#: Li0.125-s1.60, Li0.25-s1.65, Li0.375-s1.62, Li0.50-s1.68, Li0.25-s1.74, Li0.125-s1.76,
+#: Li0.375-s1.58, Li0.1875-s1.70; D(Li) < 1e-4 (Li0.125-s1.76 at 600 K, no hop in 50 ps) .. 0.89.
 TRANSPORT_MATERIALS: dict[str, TransportMaterial] = {m.name: m for m in (
     TransportMaterial("Li0.25-s1.55", 0.25, 1.55, description="fast conductor: small mobile ion, quarter loading"),
     TransportMaterial("Li0.50-s1.60", 0.50, 1.60, description="half loading, small ion"),
     TransportMaterial("Li0.125-s1.68", 0.125, 1.68, description="dilute, larger ion"),
     TransportMaterial("Li0.375-s1.72", 0.375, 1.72, description="slow conductor: large ion, 3/8 loading"),
+    TransportMaterial("Li0.125-s1.60", 0.125, 1.60, description="dilute, small ion"),
+    TransportMaterial("Li0.25-s1.65", 0.25, 1.65, description="quarter loading, medium ion"),
+    TransportMaterial("Li0.375-s1.62", 0.375, 1.62, description="3/8 loading, small ion"),
+    TransportMaterial("Li0.50-s1.68", 0.50, 1.68, description="half loading, larger ion"),
+    TransportMaterial("Li0.25-s1.74", 0.25, 1.74, description="quarter loading, large ion (slow)"),
+    TransportMaterial("Li0.125-s1.76", 0.125, 1.76, description="dilute, largest ion (slowest)"),
+    TransportMaterial("Li0.375-s1.58", 0.375, 1.58, description="3/8 loading, smallest-but-one ion (fast)"),
+    TransportMaterial("Li0.1875-s1.70", 0.1875, 1.70, description="3/16 loading, large ion"),
 )}
+#: Named sets for ``--materials``: ``standard`` (the default 4 x 4 cases), ``extra`` (8 more
+#: materials, for training propagators on more than the standard set), ``wide`` (both, 12).
+TRANSPORT_MATERIAL_SETS: dict[str, tuple[str, ...]] = {
+    "standard": ("Li0.25-s1.55", "Li0.50-s1.60", "Li0.125-s1.68", "Li0.375-s1.72"),
+    "extra": ("Li0.125-s1.60", "Li0.25-s1.65", "Li0.375-s1.62", "Li0.50-s1.68", "Li0.25-s1.74", "Li0.125-s1.76",
+              "Li0.375-s1.58", "Li0.1875-s1.70"),
+}
+TRANSPORT_MATERIAL_SETS["wide"] = TRANSPORT_MATERIAL_SETS["standard"] + TRANSPORT_MATERIAL_SETS["extra"]
 TRANSPORT_TEMPERATURES = (600.0, 800.0, 1000.0, 1200.0)
 
 
@@ -333,17 +353,20 @@ def run_transport_case(material: TransportMaterial, temperature: float, settings
 
 def _resolve_materials(materials: Iterable[str | TransportMaterial | dict] | None) -> list[TransportMaterial]:
     if materials is None:
-        return list(TRANSPORT_MATERIALS.values())
+        materials = ["standard"]
     out = []
     for m in materials:
         if isinstance(m, TransportMaterial):
             out.append(m)
         elif isinstance(m, dict):
             out.append(TransportMaterial(**m))
+        elif m in TRANSPORT_MATERIAL_SETS:
+            out.extend(TRANSPORT_MATERIALS[name] for name in TRANSPORT_MATERIAL_SETS[m])
         elif m in TRANSPORT_MATERIALS:
             out.append(TRANSPORT_MATERIALS[m])
         else:
-            raise SimulationError(f"unknown transport material {m!r}; built-in: {', '.join(TRANSPORT_MATERIALS)} "
+            raise SimulationError(f"unknown transport material {m!r}; built-in: {', '.join(TRANSPORT_MATERIALS)}; "
+                                  f"sets: {', '.join(TRANSPORT_MATERIAL_SETS)} "
                                   "(or give a JSON file of {name, loading, sigma_mf[, eps_mf]} objects)")
     return out
 

@@ -245,6 +245,28 @@ def test_adaptive_prior_per_case(tmp_path):
     assert table.measured[val_case]["Li"] == expected
     with pytest.raises(ValueError, match="unknown type"):
         PriorTable(PriorOptions(adaptive={"choices": {"Na": [1.0]}}), data.type_names, data.masses)
+    # width_factor f: the pick is the choice nearest f x rms, and the artifact's rule carries f
+    wide = PriorTable(PriorOptions(scale=3.16, adaptive={"choices": {"Li": [1.0, 3.0, 10.0, 30.0]},
+                                                         "width_factor": 3.0}), data.type_names, data.masses)
+    wide.fit_adaptive(data.val, held_out=True)
+    expected = min((1.0, 3.0, 10.0, 30.0),
+                   key=lambda c: abs(math.log(mb_width(c, temp, data.masses["Li"]) / (3 * rms))))
+    assert wide.measured[val_case]["Li"] == expected and wide.prior_field()["adaptive"]["width_factor"] == 3.0
+    assert table.prior_field()["adaptive"]["width_factor"] == 1.0
+    # width_exponent a: nearest to f x (rms / sqrt(kT/m))^a
+    unit = mb_width(1.0, temp, data.masses["Li"])
+    squeezed = PriorTable(PriorOptions(scale=3.16, adaptive={"choices": {"Li": [1.0, 3.0, 10.0, 30.0]},
+                                                             "width_factor": 2.0, "width_exponent": 0.5}),
+                          data.type_names, data.masses)
+    squeezed.fit_adaptive(data.val, held_out=True)
+    expected = min((1.0, 3.0, 10.0, 30.0), key=lambda c: abs(math.log(c / (2.0 * (rms / unit) ** 0.5))))
+    assert squeezed.measured[val_case]["Li"] == expected
+    assert squeezed.prior_field()["adaptive"]["width_exponent"] == 0.5
+    for bad, match in (({"choices": {"Li": [1.0]}, "width_factor": 0}, "width_factor must be a number > 0"),
+                       ({"choices": {"Li": [1.0]}, "width_exponent": -1}, "width_exponent must be a number > 0"),
+                       ({"choices": {"Li": [1.0]}, "widht_factor": 2}, "unknown key")):
+        with pytest.raises(ValueError, match=match):
+            PriorTable(PriorOptions(adaptive=bad), data.type_names, data.masses)
 
 
 def test_adaptive_pick_measured_on_a_run_recovers_the_width_it_moved_with():
@@ -260,7 +282,12 @@ def test_adaptive_pick_measured_on_a_run_recovers_the_width_it_moved_with():
     for true in (1.0, 3.0, 10.0):
         steps = rng.normal(0.0, mb_width(true, temperature, 6.94) / np.sqrt(lag), (400, 32, 3))
         steps[:, 16:] *= 0.01
-        assert measure_adaptive_scale(prior, np.cumsum(steps, axis=0), species, temperature, lag) == {"Li": true}
+        walk = np.cumsum(steps, axis=0)
+        assert measure_adaptive_scale(prior, walk, species, temperature, lag) == {"Li": true}
+        # a width factor of 3.2 (~ the choices' ratio) moves the pick one choice up, the top one stays
+        wider = {**prior, "adaptive": {**prior["adaptive"], "width_factor": 3.2}}
+        assert measure_adaptive_scale(wider, walk, species, temperature, lag) == {"Li": {1.0: 3.0, 3.0: 10.0,
+                                                                                          10.0: 10.0}[true]}
     with pytest.raises(ValueError, match="needs more than lag = 4 frames"):
         measure_adaptive_scale(prior, np.zeros((4, 32, 3)), species, temperature, lag)
     with pytest.raises(ValueError, match="prior is not adaptive"):

@@ -380,6 +380,14 @@ class PriorTable:
             unknown = [t for t in choices if t not in self.type_names]
             if unknown:
                 raise ValueError(f"prior.adaptive.choices names unknown type(s) {unknown}; types: {self.type_names}")
+            extra = set(self.adaptive) - {"choices", "width_factor", "width_exponent"}
+            if extra:
+                raise ValueError(f"prior.adaptive has unknown key(s) {sorted(extra)}; known: choices, width_factor, "
+                                 "width_exponent")
+            for key in ("width_factor", "width_exponent"):
+                v = self.adaptive.get(key, 1.0)
+                if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                    raise ValueError(f"prior.adaptive.{key} must be a number > 0, got {v!r}")
 
     def fit_adaptive(self, ds: Any, held_out: bool = False) -> None:
         """Pick each case's scale per adaptive type from the case's own rms displacement at the lag
@@ -430,8 +438,11 @@ class PriorTable:
                                "units": "sigma = scale * sqrt(k_B[eV/K] T / mass[amu]) angstrom"}
         if self.adaptive is not None:
             out["adaptive"] = {"choices": self.adaptive["choices"],
-                               "rule": "per material and species: the choice whose MB width is nearest (log scale) "
-                                       "to the rms displacement per component over delta_tau in a reference run",
+                               "width_factor": float(self.adaptive.get("width_factor", 1.0)),
+                               "width_exponent": float(self.adaptive.get("width_exponent", 1.0)),
+                               "rule": "per material and species: the choice nearest (log scale) to width_factor x "
+                                       "r^width_exponent, r = the rms displacement per component over delta_tau in "
+                                       "a reference run / sqrt(k_B T / m)",
                                "per_case": self.per_case}
         return out
 

@@ -54,16 +54,27 @@ def mb_width(scale: float, temperature: float, mass: float) -> float:
     return float(scale) * math.sqrt(KB_EV_PER_K * float(temperature) / float(mass))
 
 
-def adaptive_prior_scale(rms: float, temperature: float, mass: float, choices: Sequence[float]) -> float:
-    """The member of ``choices`` whose MB width is nearest (log scale) to the measured ``rms``.
+def adaptive_prior_scale(rms: float, temperature: float, mass: float, choices: Sequence[float],
+                         width_factor: float = 1.0, width_exponent: float = 1.0) -> float:
+    """The member of ``choices`` nearest (log scale) to ``width_factor * r ** width_exponent``, where
+    ``r = rms / sqrt(k_B T / m)`` is the measured displacement in units of the MB scale (with the
+    defaults: the choice whose MB width is nearest to ``rms``).
 
     ``rms``: root-mean-square displacement per Cartesian component (angstrom) of the species over
-    one lag in the conditioning data. Ties go to the smaller scale.
+    one lag in the conditioning data. ``width_factor`` > 1 makes the prior wider than the typical
+    displacement, so that a rare long jump - a hop to the next site - starts from prior mass near
+    it instead of many widths away; ``width_exponent`` < 1 widens slow materials more than fast
+    ones. Both keep the order of materials. Ties go to the smaller scale.
     """
     if not choices:
         raise ValueError("adaptive prior: choices is empty. Fix: give e.g. [1, 10]")
+    for name, v in (("width_factor", width_factor), ("width_exponent", width_exponent)):
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"adaptive prior: {name} must be a finite number > 0, got {v}")
     if not (math.isfinite(rms) and rms > 0):
         return float(min(choices))
+    unit = mb_width(1.0, temperature, mass)
+    rms = unit * float(width_factor) * (rms / unit) ** float(width_exponent)
     best, best_d = None, float("inf")
     for c in sorted(float(x) for x in choices):
         if not c > 0:
@@ -108,7 +119,8 @@ def adaptive_choices(prior: Mapping) -> Mapping[str, Sequence[float]]:
 def measure_adaptive_scale(prior: Mapping, positions: np.ndarray, species: Sequence[str], temperature: float,
                            lag: int) -> dict[str, float]:
     """The adaptive prior's pick for one material: per adaptive type, the choice whose width is
-    nearest (log scale) to the rms displacement per component over ``lag`` frames.
+    nearest (log scale) to the rms displacement per component over ``lag`` frames (mapped by the
+    rule's ``width_factor`` and ``width_exponent``, both 1 unless the model says otherwise).
 
     ``positions``: [frames, atoms, 3] *unwrapped* positions in angstrom of a reference run of the
     material at ``temperature`` (frames one Δτ/``lag`` apart, at least ``lag + 1`` of them);
@@ -116,6 +128,8 @@ def measure_adaptive_scale(prior: Mapping, positions: np.ndarray, species: Seque
     adaptive prior or the run is too short.
     """
     choices_by_type = adaptive_choices(prior)
+    factor = float(prior["adaptive"].get("width_factor", 1.0))
+    exponent = float(prior["adaptive"].get("width_exponent", 1.0))
     pos = np.asarray(positions, dtype=float)
     lag = int(lag)
     if lag < 1 or pos.ndim != 3 or pos.shape[0] <= lag:
@@ -131,5 +145,5 @@ def measure_adaptive_scale(prior: Mapping, positions: np.ndarray, species: Seque
         if not sel.any():
             continue
         rms = float(np.sqrt(np.mean(d[:, sel] ** 2)))
-        picks[name] = adaptive_prior_scale(rms, temperature, float(prior["mass"][name]), choices)
+        picks[name] = adaptive_prior_scale(rms, temperature, float(prior["mass"][name]), choices, factor, exponent)
     return picks

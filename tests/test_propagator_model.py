@@ -262,8 +262,9 @@ def test_adaptive_prior_per_case(tmp_path):
     expected = min((1.0, 3.0, 10.0, 30.0), key=lambda c: abs(math.log(c / (2.0 * (rms / unit) ** 0.5))))
     assert squeezed.measured[val_case]["Li"] == expected
     assert squeezed.prior_field()["adaptive"]["width_exponent"] == 0.5
-    for bad, match in (({"choices": {"Li": [1.0]}, "width_factor": 0}, "width_factor must be a number > 0"),
-                       ({"choices": {"Li": [1.0]}, "width_exponent": -1}, "width_exponent must be a number > 0"),
+    for bad, match in (({"choices": {"Li": [1.0]}, "width_factor": 0}, "width_factor must be a finite number > 0"),
+                       ({"choices": {"Li": [1.0]}, "width_exponent": -1}, "width_exponent must be a finite number > 0"),
+                       ({"choices": {"Li": [1.0]}, "width_factor": True}, "width_factor must be a finite"),
                        ({"choices": {"Li": [1.0]}, "widht_factor": 2}, "unknown key")):
         with pytest.raises(ValueError, match=match):
             PriorTable(PriorOptions(adaptive=bad), data.type_names, data.masses)
@@ -288,6 +289,10 @@ def test_adaptive_pick_measured_on_a_run_recovers_the_width_it_moved_with():
         wider = {**prior, "adaptive": {**prior["adaptive"], "width_factor": 3.2}}
         assert measure_adaptive_scale(wider, walk, species, temperature, lag) == {"Li": {1.0: 3.0, 3.0: 10.0,
                                                                                           10.0: 10.0}[true]}
+    # an artifact whose rule carries a bad setting is refused at the pick, by the same check as training
+    with pytest.raises(ValueError, match="width_exponent must be a finite number > 0"):
+        measure_adaptive_scale({**prior, "adaptive": {**prior["adaptive"], "width_exponent": 0.0}}, walk, species,
+                               temperature, lag)
     with pytest.raises(ValueError, match="needs more than lag = 4 frames"):
         measure_adaptive_scale(prior, np.zeros((4, 32, 3)), species, temperature, lag)
     with pytest.raises(ValueError, match="prior is not adaptive"):

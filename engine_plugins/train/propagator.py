@@ -72,7 +72,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from engine_plugins.methods.propagator.prior import KB_EV_PER_K
+from engine_plugins.methods.propagator.prior import KB_EV_PER_K, WIDTH_SETTINGS, adaptive_width_rule
 from engine_plugins.options import check_known, options_from_dict
 from engine_plugins.train.checkpoint import (load_checkpoint, load_init_state, read_init_source, rng_state,
                                              save_checkpoint, set_rng_state)
@@ -380,14 +380,12 @@ class PriorTable:
             unknown = [t for t in choices if t not in self.type_names]
             if unknown:
                 raise ValueError(f"prior.adaptive.choices names unknown type(s) {unknown}; types: {self.type_names}")
-            extra = set(self.adaptive) - {"choices", "width_factor", "width_exponent"}
+            known = {"choices", *WIDTH_SETTINGS}
+            extra = set(self.adaptive) - known
             if extra:
-                raise ValueError(f"prior.adaptive has unknown key(s) {sorted(extra)}; known: choices, width_factor, "
-                                 "width_exponent")
-            for key in ("width_factor", "width_exponent"):
-                v = self.adaptive.get(key, 1.0)
-                if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                    raise ValueError(f"prior.adaptive.{key} must be a number > 0, got {v!r}")
+                raise ValueError(f"prior.adaptive has unknown key(s) {sorted(extra)}; "
+                                 f"known: {', '.join(sorted(known))}")
+            self.width_rule = adaptive_width_rule(self.adaptive)
 
     def fit_adaptive(self, ds: Any, held_out: bool = False) -> None:
         """Pick each case's scale per adaptive type from the case's own rms displacement at the lag
@@ -438,8 +436,7 @@ class PriorTable:
                                "units": "sigma = scale * sqrt(k_B[eV/K] T / mass[amu]) angstrom"}
         if self.adaptive is not None:
             out["adaptive"] = {"choices": self.adaptive["choices"],
-                               "width_factor": float(self.adaptive.get("width_factor", 1.0)),
-                               "width_exponent": float(self.adaptive.get("width_exponent", 1.0)),
+                               **dict(zip(WIDTH_SETTINGS, self.width_rule)),
                                "rule": "per material and species: the choice nearest (log scale) to width_factor x "
                                        "r^width_exponent, r = the rms displacement per component over delta_tau in "
                                        "a reference run / sqrt(k_B T / m)",

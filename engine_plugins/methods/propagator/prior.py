@@ -68,9 +68,8 @@ def adaptive_prior_scale(rms: float, temperature: float, mass: float, choices: S
     """
     if not choices:
         raise ValueError("adaptive prior: choices is empty. Fix: give e.g. [1, 10]")
-    for name, v in (("width_factor", width_factor), ("width_exponent", width_exponent)):
-        if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"adaptive prior: {name} must be a finite number > 0, got {v}")
+    _check_width_setting("width_factor", width_factor)
+    _check_width_setting("width_exponent", width_exponent)
     if not (math.isfinite(rms) and rms > 0):
         return float(min(choices))
     unit = mb_width(1.0, temperature, mass)
@@ -107,6 +106,22 @@ def with_scale_override(prior: Mapping, type_names: Sequence[str],
     return out
 
 
+#: The adaptive rule's optional settings and their defaults (the plain rule: nearest to the rms).
+WIDTH_SETTINGS: dict[str, float] = {"width_factor": 1.0, "width_exponent": 1.0}
+
+
+def _check_width_setting(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"adaptive prior: {name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def adaptive_width_rule(adaptive: Mapping) -> tuple[float, float]:
+    """``(width_factor, width_exponent)`` of an adaptive prior (a config's ``prior.adaptive`` or an
+    artifact's), checked; 1 for a setting that is absent."""
+    return tuple(_check_width_setting(k, adaptive.get(k, d)) for k, d in WIDTH_SETTINGS.items())  # type: ignore
+
+
 def adaptive_choices(prior: Mapping) -> Mapping[str, Sequence[float]]:
     """``{type: [scales]}`` of an adaptive prior; a ValueError with the fix for a fixed one."""
     adaptive = prior.get("adaptive")
@@ -128,8 +143,7 @@ def measure_adaptive_scale(prior: Mapping, positions: np.ndarray, species: Seque
     adaptive prior or the run is too short.
     """
     choices_by_type = adaptive_choices(prior)
-    factor = float(prior["adaptive"].get("width_factor", 1.0))
-    exponent = float(prior["adaptive"].get("width_exponent", 1.0))
+    factor, exponent = adaptive_width_rule(prior["adaptive"])
     pos = np.asarray(positions, dtype=float)
     lag = int(lag)
     if lag < 1 or pos.ndim != 3 or pos.shape[0] <= lag:

@@ -206,6 +206,34 @@ def test_openmm_and_lammps_rollouts_equal_the_standalone_sampler(tiny_case, tmp_
         assert np.abs(shift - np.round(shift)).max() < 1e-6, engine  # the same start, up to whole cells
 
 
+def test_a_failed_rollout_keeps_its_frames_in_every_engine(tiny_case, tmp_path, lammps_plugin):
+    """A jump that fails every redraw stops the run at the same jump in all three engines (one noise
+    stream), and each keeps the frames made before it as a readable rollout equal to the sampler's;
+    evaluate reports the failure with how far the run got instead of losing the case (or crashing)."""
+    from engine_plugins.analysis.rollout import RolloutFailedError, run
+    from engine_plugins.methods.propagator.sampler import propagate
+
+    # seed 0: the stub's jumps move some atom 4.18, 3.61, 4.78 Å, so a bound of 4.5 Å with one draw
+    # per jump fails jump 3 (the sampler's own run below checks this)
+    model = _propagator_stub(tmp_path, delta_tau=0.1, max_displacement=4.5, max_attempts=1)
+    ref = read_reference(tiny_case)
+    free = propagate(_propagator_stub(tmp_path / "free", delta_tau=0.1), ref.positions[0], ref.species,
+                     ref.boxes[0], tiny_case.temperature, n_jumps=3, seed=0, progress=False)
+    longest = np.sqrt((np.diff(free.positions, axis=0) ** 2).sum(-1)).max(1)
+    assert (longest[:2] < 4.4).all() and longest[2] > 4.6
+    for engine in ("standalone", "openmm", "lammps"):
+        with pytest.raises(RolloutFailedError, match=r"stopped after 2 of 6 jumps.*(failed all 1 attempts|all 1 attempt)"
+                           ) as info:
+            run(engine, model, tiny_case, 6, seed=0, out_dir=tmp_path / "ro", progress=False, reference=ref)
+        kept = load_cases(info.value.directory)[0].read(unwrap="none" if engine != "lammps" else "images")
+        assert kept.n_frames == 3, engine
+        moved = kept.positions - kept.positions[0]
+        assert np.abs(moved - (free.positions - free.positions[0])[:3]).max() < 1e-3, engine
+    with pytest.raises(EvaluationError, match=r"every rollout failed: .*stopped after 2 of 6 jumps; frames 0..2 are kept"):
+        evaluate([tiny_case.topology.parent], model=str(model), engine="openmm", output=tmp_path / "ev",
+                 progress=False, jumps=6, seed=0, r_max=5.5)
+
+
 def test_adaptive_prior_is_measured_per_case_and_reaches_the_rollout(tiny_case, tmp_path, capsys):
     """--adaptive-prior PS: the pick is the choice whose MB width is nearest (log) to the rms
     displacement per component over delta_tau in the first PS ps of the reference (computed here by
@@ -275,7 +303,7 @@ def test_bad_inputs(tiny_case, tmp_path, capsys):
 
 
 def _propagator_stub(tmp_path: Path, delta_tau: float = 0.1, temperature_range=(600.0, 1200.0),
-                     split: dict | None = None, adaptive: dict | None = None) -> Path:
+                     split: dict | None = None, adaptive: dict | None = None, **role_fields) -> Path:
     """A real propagator artifact (the closed-form test vector field of the contract)."""
     import torch
 
@@ -289,6 +317,7 @@ def _propagator_stub(tmp_path: Path, delta_tau: float = 0.1, temperature_range=(
                                          "solver": "euler", "prior": {"kind": "maxwell_boltzmann",
                                                                       "scale": {"Fw": 1.0, "Li": 1.0},
                                                                       "mass": {"Fw": 100.0, "Li": 6.94},
-                                                                      **({"adaptive": adaptive} if adaptive else {})}},
+                                                                      **({"adaptive": adaptive} if adaptive else {})},
+                                         **role_fields},
                             provenance={"split": split} if split else {})
     return export_artifact(torch.jit.script(PairRelaxPropagator()), meta, tmp_path / f"prop_{delta_tau:g}.pt")

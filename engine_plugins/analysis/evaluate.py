@@ -553,7 +553,8 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
             except RolloutError:
                 raise
             except RuntimeError as exc:  # a jump failed all redraws, or the engine stopped with an error
-                failed[case.case_id] = f"{type(exc).__name__}: {str(exc)[:600]}"
+                # RolloutFailedError says first how far the run got and where its frames are kept
+                failed[case.case_id] = f"{type(exc).__name__}: {str(exc)[:900]}"
                 continue
             learned, ro_info = ro.read(), ro.to_json()
             if options.get("prior_scale"):

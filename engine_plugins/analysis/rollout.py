@@ -40,6 +40,22 @@ class RolloutError(RuntimeError):
     """A rollout cannot be run as asked (the message names the problem and the fix)."""
 
 
+class RolloutFailedError(RuntimeError):
+    """A rollout stopped early: a jump failed every redraw, or the engine stopped with an error.
+
+    Why a type of its own: nothing that ran is lost. The frames made before the failure are
+    written as a readable rollout case (``directory``/case.json, frames 0..``completed_jumps``), so a
+    run of 10^4 jumps that fails at jump 9000 can be inspected and continued from its last frame.
+    """
+
+    def __init__(self, engine: str, case_id: str, completed_jumps: int, n_jumps: int, reason: str,
+                 directory: Path) -> None:
+        self.engine, self.case_id, self.reason, self.directory = engine, case_id, reason, Path(directory)
+        self.completed_jumps, self.n_jumps = int(completed_jumps), int(n_jumps)
+        super().__init__(f"the {engine} rollout of {case_id} stopped after {completed_jumps} of {n_jumps} jumps; "
+                         f"frames 0..{completed_jumps} are kept in {directory} (case.json). Reason: {reason}")
+
+
 @dataclass
 class RolloutStart:
     """What every engine needs to start a rollout from a reference case."""
@@ -326,15 +342,26 @@ def _standalone(model: Path, start: RolloutStart, n_jumps: int, seed: int, corre
     sampler = _need("engine_plugins.methods.propagator.sampler", "the standalone learned sampler")
     to_a = _model_length_to_angstrom(model)
     t0 = time.perf_counter()
-    res = sampler.propagate(str(model), start.positions / to_a, [start.type_names[t] for t in start.types],
-                            box=start.box / to_a, temperature=start.temperature, n_jumps=n_jumps, seed=seed,
-                            corrector=str(corrector) if corrector else None, flow_steps=options.get("flow_steps"),
-                            corrector_flow_steps=options.get("corrector_flow_steps"), progress=progress, device=options.get("device"),
-                            prior_scale=options.get("prior_scale"))
+    info: dict[str, Any] = {"corrector": str(corrector) if corrector else None}
+    try:
+        res = sampler.propagate(str(model), start.positions / to_a, [start.type_names[t] for t in start.types],
+                                box=start.box / to_a, temperature=start.temperature, n_jumps=n_jumps, seed=seed,
+                                corrector=str(corrector) if corrector else None, flow_steps=options.get("flow_steps"),
+                                corrector_flow_steps=options.get("corrector_flow_steps"), progress=progress,
+                                device=options.get("device"), prior_scale=options.get("prior_scale"))
+    except sampler.JumpFailedError as exc:
+        part = exc.partial
+        if part is None:
+            raise
+        save_positions_rollout(directory, start, np.asarray(part.positions) * to_a, engine="standalone",
+                               delta_tau=float(part.delta_tau_ps), seed=seed, wall=time.perf_counter() - t0,
+                               info={**info, "retries": int(part.retries), "failed": str(exc)})
+        raise RolloutFailedError("standalone", start.case_id, len(part.positions) - 1, n_jumps, str(exc),
+                                 directory) from None
     wall = time.perf_counter() - t0
     return save_positions_rollout(directory, start, np.asarray(res.positions) * to_a, engine="standalone",
                                   delta_tau=float(res.delta_tau_ps), seed=seed, wall=wall,
-                                  info={"retries": int(res.retries), "corrector": str(corrector) if corrector else None})
+                                  info={**info, "retries": int(res.retries)})
 
 
 @adapter("openmm")
@@ -347,6 +374,7 @@ def _openmm(model: Path, start: RolloutStart, n_jumps: int, seed: int, corrector
     from tqdm.auto import tqdm
 
     om = _need("engine_plugins.engines.openmm_propagate", "learned propagation in OpenMM")
+    from engine_plugins.methods.propagator.sampler import script_error_message
     from engine_plugins.export.artifact import read_metadata
 
     masses = read_metadata(model).role_fields["prior"]["mass"]
@@ -366,14 +394,21 @@ def _openmm(model: Path, start: RolloutStart, n_jumps: int, seed: int, corrector
     context.setPositions(start.positions * 0.1)
     frames = np.empty((n_jumps + 1, start.n_atoms, 3))
     frames[0] = start.positions
+    info = {"platform": platform, "corrector": str(corrector) if corrector else None}
     t0 = time.perf_counter()
     for k in tqdm(range(n_jumps), desc=f"OpenMM jumps {start.case_id}", unit="jump", disable=not progress):
-        setup.integrator.step(1)
+        try:
+            setup.integrator.step(1)
+        except mm.OpenMMException as exc:  # the learned force's error (a jump failed every redraw)
+            save_positions_rollout(directory, start, frames[:k + 1], engine="openmm",
+                                   delta_tau=float(setup.delta_tau_ps), seed=seed, wall=time.perf_counter() - t0,
+                                   info={**info, "retries": setup.retries(), "failed": script_error_message(exc)})
+            raise RolloutFailedError("openmm", start.case_id, k, n_jumps, script_error_message(exc),
+                                     directory) from None
         frames[k + 1] = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.angstrom)
     wall = time.perf_counter() - t0
     return save_positions_rollout(directory, start, frames, engine="openmm", delta_tau=float(setup.delta_tau_ps),
-                                  seed=seed, wall=wall, info={"retries": setup.retries(), "platform": platform,
-                                                              "corrector": str(corrector) if corrector else None})
+                                  seed=seed, wall=wall, info={**info, "retries": setup.retries()})
 
 
 LAMMPS_UNITS = {("angstrom", "ps"): "metal", ("angstrom", "fs"): "real"}
@@ -424,28 +459,40 @@ def _lammps(model: Path, start: RolloutStart, n_jumps: int, seed: int, corrector
     """LAMMPS ``fix ep/propagate`` (plugin), ``lmp`` of this environment on ``ranks`` MPI ranks."""
     import re
 
-    from engine_plugins.engines.lammps_backend import run_lammps_script
+    from engine_plugins.engines.lammps_backend import LammpsError, PluginNotFoundError, run_lammps_script
     from engine_plugins.engines.lammps_build import build_plugin
+    from engine_plugins.export.artifact import read_metadata
+    from engine_plugins.units import time_factor
 
     build_plugin()
     write_topology(directory / "start.data", start)
     (directory / "in.propagate").write_text(lammps_propagate_input(model, start, n_jumps, seed, corrector, options))
     ranks = int(options.get("ranks") or 1)
-    t0 = time.perf_counter()
-    run_out = run_lammps_script(directory / "in.propagate", ranks, workdir=directory,
-                                timeout=float(options.get("timeout", 3600)))
-    wall = time.perf_counter() - t0
-    loop = re.findall(r"Loop time of ([0-9.eE+-]+) on", run_out.stdout)
-    from engine_plugins.export.artifact import read_metadata
-    from engine_plugins.units import time_factor
-
     meta = read_metadata(model)
     dtau = float(meta.role_fields["delta_tau"]) * time_factor(meta.units["time"], "ps")
-    case_json = write_case(directory, start, "traj.lammpstrj", delta_tau=dtau, unwrap="images",
-                           universe_kwargs={"topology_format": "DATA", "format": "LAMMPSDUMP",
-                                            "atom_style": "id type x y z", "dt": dtau},
-                           extra={"engine": "lammps", "seed": seed, "wall_seconds": wall, "ranks": ranks,
-                                  "loop_seconds": float(loop[-1]) if loop else None})
+
+    def case(extra: dict[str, Any]) -> Path:
+        return write_case(directory, start, "traj.lammpstrj", delta_tau=dtau, unwrap="images",
+                          universe_kwargs={"topology_format": "DATA", "format": "LAMMPSDUMP",
+                                           "atom_style": "id type x y z", "dt": dtau},
+                          extra={"engine": "lammps", "seed": seed, "ranks": ranks, **extra})
+
+    t0 = time.perf_counter()
+    try:
+        run_out = run_lammps_script(directory / "in.propagate", ranks, workdir=directory,
+                                    timeout=float(options.get("timeout", 3600)))
+    except PluginNotFoundError:
+        raise
+    except LammpsError as exc:  # the fix stopped the run (error->all); the dump holds every finished jump
+        dump = directory / "traj.lammpstrj"
+        frames = dump.read_text().count("ITEM: TIMESTEP") if dump.is_file() else 0
+        if frames == 0:
+            raise
+        case({"wall_seconds": time.perf_counter() - t0, "failed": str(exc)})
+        raise RolloutFailedError("lammps", start.case_id, frames - 1, n_jumps, str(exc), directory) from None
+    wall = time.perf_counter() - t0
+    loop = re.findall(r"Loop time of ([0-9.eE+-]+) on", run_out.stdout)
+    case_json = case({"wall_seconds": wall, "loop_seconds": float(loop[-1]) if loop else None})
     return Rollout("lammps", start.case_id, directory, case_json, n_jumps, dtau, seed, wall, "images",
                    {"ranks": ranks, "loop_seconds": float(loop[-1]) if loop else None,
                     "corrector": str(corrector) if corrector else None})

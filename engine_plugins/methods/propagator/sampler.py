@@ -51,10 +51,19 @@ class SamplerError(ValueError):
 
 
 class JumpFailedError(RuntimeError):
-    """A learned jump failed every redraw (non-finite or too long a displacement), so the run stops."""
+    """A learned jump failed every redraw (non-finite or too long a displacement), so the run stops.
+
+    ``completed_jumps``: jumps made before the failed one; ``partial``: the :class:`Rollout` of
+    those frames (0..completed_jumps) when the failure came from :func:`propagate`, so a long run
+    that stops late keeps what it made."""
+
+    def __init__(self, message: str, completed_jumps: int | None = None, partial: "Rollout | None" = None) -> None:
+        super().__init__(message)
+        self.completed_jumps = completed_jumps
+        self.partial = partial
 
 
-def _script_error_message(exc: BaseException) -> str:
+def script_error_message(exc: BaseException) -> str:
     """The message a TorchScript ``raise`` carried, without the TorchScript traceback."""
     text = str(exc)
     marker = "RuntimeError: "
@@ -382,6 +391,8 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
     .xyz, .pdb, ...), frames 0..n_jumps, unwrapped; .dcd/.xtc get a .pdb topology beside them.
     Runs on CUDA when available unless ``device`` says otherwise. ``prior_scale`` ({type: scale})
     overrides the propagator's prior scale, e.g. the adaptive prior's pick for this material.
+    A jump that fails every redraw raises :class:`JumpFailedError`; its ``partial`` holds the frames
+    made before it (and ``trajectory``, if given, has them too).
     """
     from tqdm.auto import tqdm
 
@@ -431,7 +442,10 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
                 try:
                     x = jump(x, types_t, box_t, temp_t, int(seed), int(start_step) + k + 1)
                 except torch.jit.Error as exc:
-                    raise JumpFailedError(_script_error_message(exc)) from None
+                    dt = float(jump.delta_tau_ps)
+                    partial = Rollout(frames[:k + 1].copy(), dt * np.arange(k + 1), int(jump.total_retries()), dt,
+                                      traj_path)
+                    raise JumpFailedError(script_error_message(exc), completed_jumps=k, partial=partial) from None
                 frames[k + 1] = x.detach().cpu().numpy()
                 if writer is not None:
                     u.atoms.positions = frames[k + 1]

@@ -12,7 +12,7 @@ import pytest
 
 from _md_runs import TRANSPORT_MATERIAL, TRANSPORT_T, transport_run
 from engine_plugins.analysis.evaluate import EvaluationError, compare, evaluate
-from engine_plugins.analysis.observables import (ObservableError, RadiusOfGyration, SpeciesMSD, SpeciesRDF,
+from engine_plugins.analysis.observables import (ClosestApproach, ObservableError, RadiusOfGyration, SpeciesMSD, SpeciesRDF,
                                                  diffusivity, median_relative_error, msd_fft, rdf_jsd, spearman,
                                                  trajectory_universe)
 from engine_plugins.analysis.rollout import RolloutError, check_roles, read_reference, rollout_start
@@ -94,6 +94,46 @@ def test_rdf_jsd_is_zero_with_itself_and_positive_when_perturbed(tiny_traj):
     expected = 0.5 * sum(a * np.log(a / m) for a, m in zip(p, (p + q) / 2)) + \
         0.5 * sum(b * np.log(b / m) for b, m in zip(q, (p + q) / 2))
     assert rdf_jsd(r, p / r ** 2, q / r ** 2) == pytest.approx(expected, rel=1e-12)
+
+
+def test_closest_approach_equals_brute_force_minimum_image_distances(tiny_traj):
+    from MDAnalysis.lib.distances import distance_array
+
+    u = trajectory_universe(tiny_traj)
+    got = ClosestApproach(u.atoms, cutoff=5.5).run().results.min_distance
+    sp = np.array(tiny_traj.species)
+    assert len(got) == 3  # Fw-Fw, Fw-Li, Li-Li
+    for f, ts in enumerate(u.trajectory):
+        d = distance_array(ts.positions, ts.positions, box=ts.dimensions)
+        np.fill_diagonal(d, np.inf)
+        for name, dmin in got.items():
+            a, b = name.split("-")
+            assert dmin[f] == pytest.approx(d[np.ix_(sp == a, sp == b)].min(), abs=1e-5)
+    assert 1.0 < min(v.min() for v in got.values()) < 3.0  # a real crystal's nearest neighbours
+
+
+def test_closest_approach_counts_learned_frames_closer_than_the_reference(tiny_traj):
+    same = compare(tiny_traj, tiny_traj, mobile=["Li"], r_max=5.5, nbins=40)["closest_approach"]
+    assert same["frames_below_reference"] == 0.0
+    # push one Li onto its nearest framework atom (0.5 Å away) in frames 4 and 7 only
+    sp = np.array(tiny_traj.species)
+    li, fw = np.flatnonzero(sp == "Li")[0], np.flatnonzero(sp == "Fw")
+    squeezed = tiny_traj.positions.copy()
+    for f in (4, 7):
+        x = squeezed[f]
+        box = np.diag(tiny_traj.boxes[f])
+        dv = x[fw] - x[li]
+        dv -= box * np.round(dv / box)
+        near = fw[np.argmin((dv ** 2).sum(1))]
+        v = (x[near] - x[li]) - box * np.round((x[near] - x[li]) / box)
+        x[li] = x[near] - 0.5 * v / np.linalg.norm(v)
+    bad = compare(tiny_traj, replace(tiny_traj, positions=squeezed), mobile=["Li"], r_max=5.5, nbins=40)
+    ca = bad["closest_approach"]
+    n = tiny_traj.n_frames - 1
+    assert ca["frames_below_reference"] == pytest.approx(2 / n)
+    pair = "Li-Fw" if "Li-Fw" in ca["pairs"] else "Fw-Li"
+    assert ca["pairs"][pair]["learned_min"] == pytest.approx(0.5, abs=1e-5)
+    assert ca["pairs"][pair]["ref_min"] > 1.0 and ca["pairs"][pair]["frames_below_reference"] == pytest.approx(2 / n)
 
 
 def test_radius_of_gyration_equals_mdanalysis(tiny_traj):

@@ -17,6 +17,9 @@ Compared per case (``engine_plugins.analysis.observables``; atoms, or CG beads w
   Jensen-Shannon divergence with each g(r) r^2 normalised to a probability over the bins up to r_max,
   natural log (0 .. ln 2); the case's figure is the mean over pairs (each pair is listed);
 * radius of gyration of CG chains (only when beads of one molecule are bonded into chains);
+* closest approach of every species pair: the fraction of learned frames (after the start) in which
+  some pair is closer than the reference ever comes in any of its frames, and the shortest learned
+  and reference distances (an RDF normalised up to r_max hardly sees a few overlapping atoms);
 * centre-of-mass drift (max |COM(t) - COM(0)|, mass-weighted, unwrapped), non-finite coordinates,
   lost atoms (atom count of every frame vs the reference), jumps made.
 
@@ -42,7 +45,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engine_plugins.analysis.observables import (ObservableError, RadiusOfGyration, SpeciesMSD, SpeciesRDF,
+from engine_plugins.analysis.observables import (ClosestApproach, ObservableError, RadiusOfGyration, SpeciesMSD, SpeciesRDF,
                                                  chains_from_bonds, diffusivity, median_relative_error, rdf_jsd,
                                                  spearman, trajectory_universe)
 from engine_plugins.data.trajectories import TrajectoryCase, UnwrappedTrajectory, load_cases
@@ -80,6 +83,7 @@ def observe(traj: UnwrappedTrajectory, *, r_max: float, nbins: int, rdf_frames: 
         rdf = SpeciesRDF(u.atoms, r_max=r_max, nbins=nbins).run(step=step)
         out["rdf_r"] = rdf.results.bins
         out["rdf"] = rdf.results.rdf
+    out["closest"] = ClosestApproach(u.atoms, cutoff=r_max).run().results.min_distance
     if chains:
         rg = RadiusOfGyration(u.atoms, chains=chains).run()
         out["rg"] = {"mean": rg.results.mean, "std": rg.results.std, "n_chains": len(chains)}
@@ -99,6 +103,26 @@ def _log_points(n: int, k: int = 120) -> np.ndarray:
     if n <= 2:
         return np.arange(1, n)
     return np.unique(np.geomspace(1, n - 1, k).astype(int))
+
+
+def closest_approach(ref: dict[str, np.ndarray], learned: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per species pair: the reference's shortest distance over all its frames, the learned one over
+    the frames after the start (frame 0 is the reference's own), and the fraction of those learned
+    frames with the pair closer than the reference's shortest; ``frames_below_reference`` is the
+    fraction of learned frames where any pair is (the case's figure)."""
+    pairs: dict[str, Any] = {}
+    below_any = None
+    for name, dr in ref.items():
+        dl = np.asarray(learned[name], float)[1:]
+        rmin = float(np.min(dr))
+        below = dl < rmin
+        below_any = below if below_any is None else below_any | below
+        pairs[name] = {"ref_min": rmin, "ref_median": float(np.median(dr)),
+                       "learned_min": float(np.min(dl)) if len(dl) else float("nan"),
+                       "learned_median": float(np.median(dl)) if len(dl) else float("nan"),
+                       "frames_below_reference": float(below.mean()) if len(dl) else float("nan")}
+    frac = float(below_any.mean()) if below_any is not None and len(below_any) else float("nan")
+    return {"pairs": pairs, "frames_below_reference": frac}
 
 
 def compare(ref: UnwrappedTrajectory, learned: UnwrappedTrajectory, *, mobile: Sequence[str], r_max: float = 6.0,
@@ -160,6 +184,7 @@ def compare(ref: UnwrappedTrajectory, learned: UnwrappedTrajectory, *, mobile: S
         out["rdf"] = {"r": obs_ref["rdf_r"].tolist(), "r_max": r_max, "nbins": nbins, "pairs": pairs,
                       "jsd_mean": float(np.nanmean([p["jsd"] for p in pairs.values()])),
                       "jsd_max": float(np.nanmax([p["jsd"] for p in pairs.values()]))}
+    out["closest_approach"] = closest_approach(obs_ref["closest"], obs_l["closest"])
     if chains:
         out["rg"] = {"ref": obs_ref["rg"], "learned": obs_l.get("rg")}
     return out
@@ -175,7 +200,8 @@ def noise_floor(ref: UnwrappedTrajectory, *, mobile: Sequence[str], r_max: float
     c = compare(a, b, mobile=mobile, r_max=r_max, nbins=nbins, fit_range=fit_range)
     return {"t_compare": c["t_compare"],
             "relative_msd_difference": {s: v["relative_error"] for s, v in c["species"].items()},
-            "rdf_jsd_mean": c.get("rdf", {}).get("jsd_mean", float("nan"))}
+            "rdf_jsd_mean": c.get("rdf", {}).get("jsd_mean", float("nan")),
+            "frames_below_reference_closest": c["closest_approach"]["frames_below_reference"]}
 
 
 def bead_chains(case: TrajectoryCase) -> list[np.ndarray]:
@@ -222,6 +248,9 @@ def aggregate(results: dict[str, dict[str, Any]], mobile: Sequence[str]) -> dict
     out["rdf_jsd_mean"] = float(np.nanmean(jsd)) if jsd else float("nan")
     out["rdf_jsd_max"] = float(np.nanmax([r["rdf"]["jsd_max"] for r in results.values() if "rdf" in r])) \
         if jsd else float("nan")
+    close = [r["closest_approach"]["frames_below_reference"] for r in results.values() if "closest_approach" in r]
+    out["frames_below_reference_closest_mean"] = float(np.nanmean(close)) if close else float("nan")
+    out["frames_below_reference_closest_max"] = float(np.nanmax(close)) if close else float("nan")
     out["com_drift_max"] = float(max(r["com_drift_learned"] for r in results.values()))
     out["nonfinite_frames"] = int(sum(r["nonfinite_frames"] for r in results.values()))
     out["lost_atoms"] = int(sum(r["lost_atoms"] for r in results.values()))
@@ -230,6 +259,8 @@ def aggregate(results: dict[str, dict[str, Any]], mobile: Sequence[str]) -> dict
     if floors:
         out["noise_floor"] = {
             "rdf_jsd_mean": float(np.nanmean([f["rdf_jsd_mean"] for f in floors])),
+            "frames_below_reference_closest_mean": float(np.nanmean(
+                [f.get("frames_below_reference_closest", np.nan) for f in floors])),
             "median_relative_msd_difference": {s: median_relative_error(
                 [1.0 + f["relative_msd_difference"].get(s, np.nan) for f in floors], [1.0] * len(floors))
                 for s in mobile}}
@@ -344,6 +375,14 @@ def _prior_lines(report: dict[str, Any]) -> list[str]:
         f"{cid} " + ", ".join(f"{t} {_fmt(v)}" for t, v in p.items()) for cid, p in picks.items())]
 
 
+def _closest_line(agg: dict[str, Any]) -> str:
+    floor = (agg.get("noise_floor") or {}).get("frames_below_reference_closest_mean")
+    return (f"- closest approach: learned frames with some species pair closer than the reference ever comes: "
+            f"mean over cases {_fmt(agg.get('frames_below_reference_closest_mean'), '.1%')}, worst case "
+            f"{_fmt(agg.get('frames_below_reference_closest_max'), '.1%')}"
+            + (f" (reference second half vs first half: {_fmt(floor, '.1%')})" if floor is not None else ""))
+
+
 def markdown_summary(report: dict[str, Any]) -> str:
     agg, res = report["aggregate"], report["cases"]
     lines = [f"# Evaluation: {report['label']}", "",
@@ -352,16 +391,17 @@ def markdown_summary(report: dict[str, Any]) -> str:
              + f"; engine **{report['engine']}**; Δτ = {_fmt(report.get('delta_tau'))} ps; "
              f"{agg['jumps']} jumps in total; {len(res)} case(s).", "",
              "| case | T (K) | species | MSD ref (Å²) | MSD learned (Å²) | rel. err. | D ref | D learned | "
-             "RDF JSD | COM drift (Å) | NaN frames |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "RDF JSD | frames closer than ref. | COM drift (Å) | NaN frames |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cid, r in res.items():
         for s, e in r["species"].items():
             lines.append(f"| {cid} | {r['temperature']:g} | {s}{' (mobile)' if e['mobile'] else ''} | "
                          f"{_fmt(e['msd_ref'])} | {_fmt(e['msd_learned'])} | {_fmt(e['relative_error'], '.1%')} | "
                          f"{_fmt(e['D_ref'])} | {_fmt(e['D_learned'])} | {_fmt(r.get('rdf', {}).get('jsd_mean'))} | "
+                         f"{_fmt(r.get('closest_approach', {}).get('frames_below_reference'), '.1%')} | "
                          f"{_fmt(r['com_drift_learned'])} | {r['nonfinite_frames']} |")
     for cid, why in report.get("failed", {}).items():
-        lines.append(f"| {cid} | | rollout failed: {why} | | | | | | | | |")
+        lines.append(f"| {cid} | | rollout failed: {why} | | | | | | | | | |")
     lines += ["", "## Across cases", ""]
     for s, a in agg["per_species"].items():
         lines.append(f"- **{s}** ({a['cases']} cases): Spearman rank correlation of log MSD(t_ref) = "
@@ -370,6 +410,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
                      f"{_fmt(a['spearman_D'])}, median relative D error = {_fmt(a['median_relative_D_error'], '.1%')}")
     lines += [f"- RDF Jensen-Shannon divergence: mean over cases (of the mean over pairs) {_fmt(agg['rdf_jsd_mean'])}, "
               f"worst pair {_fmt(agg['rdf_jsd_max'])} (target ≤ 0.02)",
+              _closest_line(agg),
               f"- centre-of-mass drift: at most {_fmt(agg['com_drift_max'])} Å; non-finite frames: "
               f"{agg['nonfinite_frames']}; lost atoms: {agg['lost_atoms']}"] + _prior_lines(report)
     if agg.get("noise_floor"):
@@ -412,6 +453,7 @@ def card_section(report: dict[str, Any], title: str | None = None) -> str:
     lines.append(f"- RDF Jensen-Shannon divergence (g r² normalised over bins up to r_max = "
                  f"{report['settings']['r_max']} Å, natural log): mean {_fmt(agg['rdf_jsd_mean'])}, worst pair "
                  f"{_fmt(agg['rdf_jsd_max'])} (target ≤ 0.02)")
+    lines.append(_closest_line(agg))
     lines.append(f"- centre-of-mass drift ≤ {_fmt(agg['com_drift_max'])} Å; non-finite frames {agg['nonfinite_frames']}; "
                  f"lost atoms {agg['lost_atoms']}")
     lines += _prior_lines(report)
@@ -681,6 +723,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"  RDF JSD mean {_fmt(agg['rdf_jsd_mean'])} (max {_fmt(agg['rdf_jsd_max'])}); COM drift max "
               f"{_fmt(agg['com_drift_max'])} Å; non-finite frames {agg['nonfinite_frames']}; lost atoms "
               f"{agg['lost_atoms']}; {agg['jumps']} jumps")
+        print(f"  closest approach: {_fmt(agg.get('frames_below_reference_closest_mean'), '.1%')} of learned frames "
+              f"(worst case {_fmt(agg.get('frames_below_reference_closest_max'), '.1%')}) have a pair closer than "
+              f"the reference ever comes")
     if len(reports) > 1:
         agreement = compare_engines(reports)
         (Path(args.output) / "engines.json").write_text(json.dumps(_jsonable(agreement), indent=1))

@@ -254,3 +254,31 @@ def test_evaluate_renoise_reaches_the_standalone_denoise_rows_only(ethanol_model
     assert cli_main(["evaluate-gpff", str(path), "--data", "unused", "--samplers", "denoise", "--nfe", "2",
                      "--renoise", "0.3", "--output", str(out)]) == 0
     assert json.loads((out / "validity.json").read_text())["meta"]["denoise_renoise_standalone"] == 0.3
+
+
+def test_evaluate_from_the_reference_measures_where_the_learned_minimum_is(ethanol_model):
+    """--start reference: each sampler starts at the source molecule itself. With the exact ethanol
+    pseudo-force, ethanol stays put (valid, same graph, RMSD 0), while dimethyl ether (same formula)
+    is pulled onto ethanol: valid, another graph, and the RMSD is the ether-ethanol RMSD computed
+    independently. A formula alone has no reference structure: a clear error."""
+    from engine_plugins.data.molecules import Structure
+    from engine_plugins.methods.gpff.commands import evaluate_validity
+
+    path, sym, x0 = ethanol_model
+    ether = molecule("CH3OCH3")
+    es = ether.get_chemical_symbols()
+    order = sorted(range(len(es)), key=lambda i: ["C", "H", "O"].index(es[i]))
+    xe = ether.positions[order]
+    tasks = [GenerationTask(sym, source=Structure(sym, x0.numpy().copy(), smiles="CCO"), name="ethanol"),
+             GenerationTask(sym, source=Structure(sym, xe.copy(), smiles="COC"), name="ether")]
+    rows = evaluate_validity(path, tasks, ["denoise"], [2], step=1.0, start="reference")
+    assert rows[0]["start"] == "reference" and rows[0]["valid"] == 1.0
+    assert rows[0]["same_graph"] == 0.5  # ethanol kept, the ether became ethanol
+    expected = float(rmsd(torch.as_tensor(xe), x0))
+    assert expected > 0.5
+    assert rows[0]["rmsd_from_reference_max"] == pytest.approx(expected, abs=1e-4)
+    assert rows[0]["rmsd_from_reference_median"] == pytest.approx(expected / 2, abs=1e-4)  # median of (0, expected)
+    with pytest.raises(GenerationError, match="source molecule's coordinates"):
+        evaluate_validity(path, [GenerationTask(sym, source="CCO", name="f")], ["denoise"], [2], start="reference")
+    with pytest.raises(GenerationError, match="start 'sideways'"):
+        evaluate_validity(path, tasks, ["denoise"], [2], start="sideways")

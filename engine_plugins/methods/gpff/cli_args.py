@@ -68,6 +68,10 @@ def add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
                    "denoise_step, else 0.5)")
     s.add_argument("--renoise", type=float, default=0.0, help="denoise: re-noise fraction between steps "
                    "(x += renoise * sigma_k * noise; standalone rows only, the engines do not re-noise)")
+    s.add_argument("--start", choices=("noise", "reference"), default="noise",
+                   help="noise: generate from noise (default). reference: start every sampler at the held-out "
+                   "molecule itself (sigma_start defaults to the model's sigma_min) and report the RMSD it moves: "
+                   "an upper bound on validity, since the learned minimum must be the molecule")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--output", default="out/gpff_eval")
 

@@ -12,9 +12,10 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from engine_plugins.methods.gpff.generate import (
     ENGINE_SAMPLERS,
@@ -29,9 +30,12 @@ from engine_plugins.methods.gpff.generate import (
     structures_out,
     write_generated,
 )
+from engine_plugins.methods.gpff.noise import rmsd
 from engine_plugins.methods.gpff.samplers import SAMPLERS, SamplerError
 
 NFE_LADDER = (6, 16, 32, 64, 128, 256)
+#: where evaluate-gpff starts each sampler: from noise (generation) or at the held-out molecule itself
+START_MODES = ("noise", "reference")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,13 +187,27 @@ def evaluate_validity(model: Any, tasks: Sequence[GenerationTask], samplers: Seq
                       engines: Sequence[str] = ("standalone",), engine_samplers: Sequence[str] = ("ancestral",),
                       engine_nfes: Optional[Sequence[int]] = None, sigma_start: Optional[float] = None,
                       eta: Optional[float] = None, seed: int = 0, engine_eta: float = 0.0,
-                      step: Optional[float] = None, renoise: float = 0.0) -> List[Dict[str, Any]]:
+                      step: Optional[float] = None, renoise: float = 0.0,
+                      start: str = "noise") -> List[Dict[str, Any]]:
     """Validity per (engine, sampler, NFE) on ``tasks``: rows of summaries, timings and the exact NFE.
     ``engine_eta``: ancestral noise inside OpenMM (LAMMPS always runs eta 0). ``step``: the denoise step
-    (default: the model's). ``renoise``: the standalone denoise sampler's re-noise fraction."""
+    (default: the model's). ``renoise``: the standalone denoise sampler's re-noise fraction.
+
+    ``start="reference"`` runs every sampler from each source molecule's own structure instead of from
+    noise (``sigma_start`` defaults to the model's ``sigma_min`` then) and adds each row's RMSD from
+    that structure. Why: a sampler that finds the right basin keeps the molecule only if the learned
+    field's minimum is the molecule, so this validity bounds generation's from above and the RMSD shows
+    how far the learned minima sit from the training structures."""
     from tqdm.auto import tqdm
 
     art = load_gpff(model)
+    if start not in START_MODES:
+        raise GenerationError(f"start '{start}': use one of {', '.join(START_MODES)}")
+    reference = None
+    if start == "reference":
+        tasks, reference = reference_tasks(tasks)
+        if sigma_start is None:
+            sigma_start = sampler_settings(art, None, 1)["sigma_min"]
     jobs = [("standalone", s, n) for s in samplers for n in nfes] if "standalone" in engines else []
     for e in engines:
         if e != "standalone":
@@ -201,11 +219,30 @@ def evaluate_validity(model: Any, tasks: Sequence[GenerationTask], samplers: Seq
                        eta=e_eta, step=step,
                        renoise=renoise if engine == "standalone" and smp == "denoise" else 0.0)
         summary, _ = check_generated(tasks, res.positions)
-        rows.append({"engine": engine, "sampler": smp + ("" if engine == "standalone" or smp != "ancestral"
-                                                           else f" (eta={e_eta:g})"),
-                     "nfe_requested": nfe, "nfe": res.nfe, "seconds": round(res.seconds, 3),
-                     "molecules_per_s": round(len(tasks) / res.seconds, 4), **summary})
+        row = {"engine": engine, "sampler": smp + ("" if engine == "standalone" or smp != "ancestral"
+                                                   else f" (eta={e_eta:g})"),
+               "nfe_requested": nfe, "nfe": res.nfe, "seconds": round(res.seconds, 3),
+               "molecules_per_s": round(len(tasks) / res.seconds, 4), "start": start, **summary}
+        if reference is not None:
+            d = np.array([float(rmsd(torch.as_tensor(p), torch.as_tensor(x))) for p, x in zip(res.positions, reference)])
+            row.update(rmsd_from_reference_median=round(float(np.median(d)), 5),
+                       rmsd_from_reference_max=round(float(d.max()), 5))
+        rows.append(row)
     return rows
+
+
+def reference_tasks(tasks: Sequence[GenerationTask]) -> Tuple[List[GenerationTask], List[np.ndarray]]:
+    """The tasks started at their source molecules' own coordinates (every atom given, none fixed)."""
+    out, ref = [], []
+    for t in tasks:
+        pos = getattr(t.source, "positions", None)
+        if pos is None or np.asarray(pos).shape != (len(t.symbols), 3):
+            raise GenerationError(f"structure '{t.name}': starting from the reference needs its source molecule's "
+                                  "coordinates (a molecule set or structure file), not only a formula or SMILES")
+        x = np.array(pos, float)
+        out.append(GenerationTask(list(t.symbols), init=x.copy(), source=t.source, name=t.name))
+        ref.append(x)
+    return out, ref
 
 
 def plot_validity(rows: Sequence[Dict[str, Any]], path: Path, title: str) -> Path:
@@ -249,6 +286,16 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def reference_lines(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """Markdown lines for a run started at the molecules: how far each row moved from them."""
+    out = ["Every sampler started at the held-out molecule's own structure (an upper bound on generation: the "
+           "learned minimum must be the molecule). RMSD from it after the run (Å, Kabsch):", ""]
+    for r in rows:
+        out.append(f"- {r['engine']} {r['sampler']} NFE {r['nfe_requested']}: median "
+                   f"{r['rmsd_from_reference_median']:.3f}, max {r['rmsd_from_reference_max']:.3f}")
+    return out + [""]
+
+
 def evaluate_main(args: argparse.Namespace) -> int:
     try:
         art = load_gpff(args.model)
@@ -257,7 +304,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
         rows = evaluate_validity(art, tasks, args.samplers, args.nfe, args.engines, args.engine_samplers,
                                  args.engine_nfe, args.sigma_start, args.eta, args.seed,
                                  getattr(args, "engine_eta", 0.0), getattr(args, "step", None),
-                                 getattr(args, "renoise", 0.0))
+                                 getattr(args, "renoise", 0.0), getattr(args, "start", "noise"))
     except (GenerationError, SamplerError) as exc:
         print(f"engine-plugins evaluate-gpff: error: {exc}", file=sys.stderr)
         return 2
@@ -265,8 +312,14 @@ def evaluate_main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rf = art.metadata.role_fields
     gen = rf.get("generation") or {}
-    s0 = args.sigma_start if args.sigma_start is not None else gen.get("sigma_start", rf.get("sigma_max"))
-    title = (f"{Path(args.model).name}: {len(tasks)} held-out molecules ({args.split}), sigma_start {s0} Å")
+    start = getattr(args, "start", "noise")
+    if args.sigma_start is not None:
+        s0 = args.sigma_start
+    else:
+        s0 = sampler_settings(art, None, 1)["sigma_min"] if start == "reference" else \
+            gen.get("sigma_start", rf.get("sigma_max"))
+    title = (f"{Path(args.model).name}: {len(tasks)} held-out molecules ({args.split}), sigma_start {s0} Å"
+             + (", started at the molecules themselves" if start == "reference" else ""))
     plot_validity(rows, out / "validity_vs_nfe.png", title)
     meta = {"model": str(args.model), "data": args.data, "split": args.split, "n_molecules": len(tasks),
             "sigma_start": s0, "seed": args.seed,
@@ -274,7 +327,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
                                                                      else 1.0),
             "eta_openmm": getattr(args, "engine_eta", 0.0), "eta_lammps": 0.0,
             "denoise_step": sampler_settings(art, "denoise", 1, step=getattr(args, "step", None))["step"],
-            "denoise_renoise_standalone": getattr(args, "renoise", 0.0),
+            "denoise_renoise_standalone": getattr(args, "renoise", 0.0), "start": start,
             "wall_s": round(time.time() - t0, 1),
             "validity": "RDKit bond perception from 3D, sanitizes, neutral, no radicals, one fragment; "
                         "in parentheses: valid and the same molecular graph as the source molecule",
@@ -282,6 +335,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
     (out / "validity.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     md = [f"# GPFF validity vs function evaluations", "", f"{title}.", "",
           "Cells: valid % (valid and same graph as the source %).", "", markdown_table(rows), "",
+          *(reference_lines(rows) if start == "reference" else []),
           f"Wall time {meta['wall_s']} s. Molecules per second per run are in validity.json."]
     (out / "validity.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
@@ -289,5 +343,6 @@ def evaluate_main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["NFE_LADDER", "cli_tasks", "dataset_tasks",
-           "evaluate_main", "evaluate_validity", "generate_main", "markdown_table", "parse_indices", "plot_validity"]
+__all__ = ["NFE_LADDER", "START_MODES", "cli_tasks", "dataset_tasks",
+           "evaluate_main", "evaluate_validity", "generate_main", "markdown_table", "parse_indices", "plot_validity",
+           "reference_lines", "reference_tasks"]

@@ -460,3 +460,61 @@ def test_init_from_the_shipped_artifact_starts_from_its_weights(tmp_path):
     cfg["model"] = {"num_features": 64, "r_max": 12.0}
     with pytest.raises(ValueError, match="architecture differs.*num_features"):
         train_gpff(cfg)
+
+
+def test_relabelled_target_is_the_nearest_copy_under_relabelling_of_like_atoms():
+    """noise.relabel_target: against a brute-force search over every relabelling of ethanol's like atoms
+    (6 H, 2 C; 1440 copies, each superimposed by Kabsch), the alternating Hungarian/Kabsch search finds
+    the nearest copy in most draws at sigma 0.6 A, is never farther than the fixed labels, and at 1.5 A
+    closes most of the gap between them; the reference is a permutation of x0's rows within elements;
+    the noisy positions do not depend on the option."""
+    import itertools
+
+    from engine_plugins.methods.gpff.noise import aligned_reference, relabelled_reference
+
+    sym, x0 = _mol("CH3CH2OH")
+    n = len(sym)
+    types = torch.tensor([TYPE_NAMES.index(s) for s in sym])
+    h = [i for i, s in enumerate(sym) if s == "H"]
+    c = [i for i, s in enumerate(sym) if s == "C"]
+    perms = []
+    for ph in itertools.permutations(h):
+        for pc in itertools.permutations(c):
+            p = list(range(n))
+            for a, b in zip(h + c, ph + pc):
+                p[a] = b
+            perms.append(p)
+    P = torch.tensor(perms)
+    batch = torch.zeros(n, dtype=torch.long)
+
+    def rms(x, ref):
+        return math.sqrt(float((x - aligned_reference(ref, x, batch, 1)).square().sum()) / n)
+
+    def brute(x):
+        bb = torch.arange(len(P)).repeat_interleave(n)
+        al = aligned_reference(x0[P].reshape(-1, 3), x.repeat(len(P), 1), bb, len(P)).reshape(len(P), n, 3)
+        return math.sqrt(float((x - al).square().sum((1, 2)).min()) / n)
+
+    for sigma, min_exact in ((0.6, 8), (1.5, 0)):
+        exact, gap_closed = 0, []
+        for seed in range(12):
+            x = x0 + sigma * torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+            ref = relabelled_reference(x0, x, types, batch, 1)
+            got, best, fixed = rms(x, ref), brute(x), rms(x, x0)
+            assert best - 1e-9 <= got <= fixed + 1e-9
+            exact += got < best + 1e-9
+            if fixed > best + 1e-6:
+                gap_closed.append((fixed - got) / (fixed - best))
+            for t in set(types.tolist()):  # a permutation of x0's rows within each element
+                m = types == t
+                assert sorted(map(tuple, ref[m].tolist())) == sorted(map(tuple, x0[m].tolist()))
+        assert exact >= min_exact, (sigma, exact)
+        assert sum(gap_closed) / len(gap_closed) > 0.5, (sigma, gap_closed)
+    cfg = NoiseConfig(sigma_min=0.1, sigma_max=1.5, relabel_target=True)
+    one = torch.tensor([1.5], dtype=F64)
+    nb = make_noisy_batch(x0, batch, 1, cfg, torch.Generator().manual_seed(0), sigma=one, types=types)
+    plain = make_noisy_batch(x0, batch, 1, NoiseConfig(sigma_min=0.1, sigma_max=1.5),
+                             torch.Generator().manual_seed(0), sigma=one)
+    assert torch.equal(nb.x, plain.x) and float(nb.target.square().sum()) < float(plain.target.square().sum())
+    with pytest.raises(ValueError, match="needs the atom types"):
+        make_noisy_batch(x0, batch, 1, cfg, torch.Generator().manual_seed(0))

@@ -382,7 +382,8 @@ def validate(model: torch.nn.Module, batcher: MoleculeBatcher, noise: NoiseConfi
         for _ in range(repeats):
             x0, types, batch, pairs = batcher.collate(idx)
             n_mol = len(idx)
-            nb = make_noisy_batch(x0, batch, n_mol, noise, g, sigma=torch.full((n_mol,), float(s), dtype=torch.float64))
+            nb = make_noisy_batch(x0, batch, n_mol, noise, g, sigma=torch.full((n_mol,), float(s), dtype=torch.float64),
+                                  types=types)
             x = nb.x.to(device, dtype)
             ei, es = batcher.graph(x, pairs.to(device))
             _, f = model(x, types.to(device), ei, es, x.shape[0])
@@ -577,7 +578,7 @@ def _train(cfg: GPFFTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
         while step < opts.steps:
             idx = torch.randint(len(train_mols), (opts.batch_size,), generator=gen).tolist()
             x0, types, batch, pairs = batcher.collate(idx)
-            nb = make_noisy_batch(x0, batch, len(idx), cfg.noise, gen)
+            nb = make_noisy_batch(x0, batch, len(idx), cfg.noise, gen, types=types)
             nb.x, nb.target, nb.sigma = nb.x.to(device, dtype), nb.target.to(device, dtype), nb.sigma.to(device, dtype)
             nb.batch = nb.batch.to(device)
             ei, es = batcher.graph(nb.x, pairs.to(device))

@@ -240,7 +240,9 @@ def gpff_metadata(model_config: GPFFModelConfig, noise: Optional[NoiseConfig] = 
                   "centroid": "unweighted centroid of the noise removed per molecule"},
         "pseudo_energy": {"form": "quadratic", "spring_constant": 1.0,
                           "spring_constant_units": "eV/angstrom^2",
-                          "target": ("F = R* x0 + t* - x (clean structure Kabsch-aligned to x)"
+                          "target": (("F = R* P*x0 + t* - x (clean structure with like atoms relabelled (P*) "
+                                      "and Kabsch-aligned to x, nearest copy)") if noise.relabel_target else
+                                     "F = R* x0 + t* - x (clean structure Kabsch-aligned to x)"
                                      if noise.align_target else "F = x0 - x"),
                           "time_input": False},
         "default_sampler": sampler.sampler,

@@ -57,6 +57,11 @@ class NoiseConfig:
     log_std: Optional[float] = None  # default: a quarter of the log range
     weight_cap: float = 100.0
     align_target: bool = True
+    # the target is the nearest copy of the clean molecule under rotation, translation *and* relabelling
+    # of like atoms (Hungarian assignment per element); why: at sigma >~ 0.6 A the noisy atoms of one
+    # element are often closer to another atom's clean site (85 % of molecules at 1.5 A), so the fixed-label
+    # target points them past each other
+    relabel_target: bool = False
 
     def __post_init__(self) -> None:
         if not (0 < self.sigma_min < self.sigma_max):
@@ -191,6 +196,43 @@ def pseudo_energy(x: torch.Tensor, x0: torch.Tensor, batch: Optional[torch.Tenso
     return torch.zeros(n_mol, dtype=x.dtype, device=x.device).index_add_(0, batch, per_atom)
 
 
+def relabelled_reference(x0: torch.Tensor, x: torch.Tensor, types: torch.Tensor, batch: torch.Tensor, n_mol: int,
+                         iterations: int = 3) -> torch.Tensor:
+    """``x0`` with the atoms of each element reassigned, per molecule, to the noisy atoms they sit nearest
+    after superposition (Hungarian assignment, alternated with Kabsch ``iterations`` times), so that
+    ``aligned_reference`` of the result is the nearest copy of the clean molecule under rotation,
+    translation and relabelling of like atoms. A permutation of x0's rows within each element.
+
+    A local search: never farther than the fixed labels, and on ethanol (against all 1440 relabellings)
+    it finds the nearest copy in most draws at sigma 0.6 A and most of the way to it at 1.5 A
+    (tests/test_gpff.py)."""
+    from scipy.optimize import linear_sum_assignment
+
+    out = x0.clone()
+    b_cpu, t_cpu = batch.cpu(), types.cpu()
+    for m in range(n_mol):
+        idx = torch.nonzero(b_cpu == m).flatten()
+        xm = x[idx].detach().cpu().to(torch.float64)
+        y = x0[idx].detach().cpu().to(torch.float64)
+        tm = t_cpu[idx]
+        zero = torch.zeros(len(idx), dtype=torch.long)
+        for _ in range(iterations):
+            ya = aligned_reference(y, xm, zero, 1)
+            perm = torch.arange(len(idx))
+            for e in torch.unique(tm):
+                sel = torch.nonzero(tm == e).flatten()
+                if len(sel) < 2:
+                    continue
+                cost = torch.cdist(xm[sel], ya[sel]).square().numpy()
+                rows, cols = linear_sum_assignment(cost)
+                perm[sel[torch.as_tensor(rows)]] = sel[torch.as_tensor(cols)]
+            if bool((perm == torch.arange(len(idx))).all()):
+                break
+            y = y[perm]
+        out[idx] = y.to(out.dtype).to(out.device)
+    return out
+
+
 @dataclass
 class NoisyBatch:
     """A training batch: clean and noisy positions, per-molecule sigma and the target forces."""
@@ -205,15 +247,23 @@ class NoisyBatch:
 
 def make_noisy_batch(x0: torch.Tensor, batch: torch.Tensor, n_mol: int, cfg: NoiseConfig,
                      generator: Optional[torch.Generator] = None,
-                     sigma: Optional[torch.Tensor] = None) -> NoisyBatch:
-    """Noise a flat batch of clean molecules (random draws on the CPU ``generator``)."""
+                     sigma: Optional[torch.Tensor] = None, types: Optional[torch.Tensor] = None) -> NoisyBatch:
+    """Noise a flat batch of clean molecules (random draws on the CPU ``generator``); ``types`` (the
+    element index per atom) is needed when ``cfg.relabel_target``."""
     dtype = x0.dtype
     if sigma is None:
         sigma = sample_sigmas(n_mol, cfg, generator)
     sigma = sigma.to(torch.float64)
     eps = centred_noise(batch, n_mol, generator)
     x = x0 + (sigma[batch.cpu()].unsqueeze(1) * eps).to(device=x0.device, dtype=dtype)
-    target = pseudo_force_target(x0, x, batch, n_mol, align=cfg.align_target)
+    ref = x0
+    if cfg.relabel_target:
+        if types is None:
+            raise ValueError("noise.relabel_target needs the atom types of the batch")
+        if not cfg.align_target:
+            raise ValueError("noise.relabel_target needs align_target (relabelling is found after superposition)")
+        ref = relabelled_reference(x0, x, types, batch, n_mol)
+    target = pseudo_force_target(ref, x, batch, n_mol, align=cfg.align_target)
     return NoisyBatch(x0=x0, x=x, sigma=sigma.to(device=x0.device, dtype=dtype), target=target,
                       batch=batch, n_mol=n_mol)
 
@@ -252,6 +302,6 @@ def rmsd(x: torch.Tensor, ref: torch.Tensor, align: bool = True) -> torch.Tensor
 __all__ = [
     "DISTRIBUTIONS", "NoiseConfig", "NoisyBatch", "PSEUDO_ENERGY_UNITS", "SPRING_CONSTANT",
     "aligned_reference", "centred_noise", "gpff_loss", "kabsch_rotation", "loss_weight",
-    "make_noisy_batch", "pseudo_energy", "pseudo_force_target", "rmsd", "sample_sigmas",
+    "make_noisy_batch", "pseudo_energy", "pseudo_force_target", "relabelled_reference", "rmsd", "sample_sigmas",
     "segment_mean", "truncated_lognormal_moments",
 ]

@@ -518,3 +518,5 @@ def test_relabelled_target_is_the_nearest_copy_under_relabelling_of_like_atoms()
     assert torch.equal(nb.x, plain.x) and float(nb.target.square().sum()) < float(plain.target.square().sum())
     with pytest.raises(ValueError, match="needs the atom types"):
         make_noisy_batch(x0, batch, 1, cfg, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="needs align_target"):  # refused when the config is read
+        NoiseConfig(relabel_target=True, align_target=False)

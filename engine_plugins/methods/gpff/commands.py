@@ -206,8 +206,7 @@ def evaluate_validity(model: Any, tasks: Sequence[GenerationTask], samplers: Seq
     reference = None
     if start == "reference":
         tasks, reference = reference_tasks(tasks)
-        if sigma_start is None:
-            sigma_start = sampler_settings(art, None, 1)["sigma_min"]
+        sigma_start = starting_sigma(art, start, sigma_start)
     jobs = [("standalone", s, n) for s in samplers for n in nfes] if "standalone" in engines else []
     for e in engines:
         if e != "standalone":
@@ -229,6 +228,15 @@ def evaluate_validity(model: Any, tasks: Sequence[GenerationTask], samplers: Seq
                        rmsd_from_reference_max=round(float(d.max()), 5))
         rows.append(row)
     return rows
+
+
+def starting_sigma(art: Any, start: str, sigma_start: Optional[float]) -> float:
+    """The σ a run starts at: the given one, else the model's ``sigma_min`` when starting at the
+    molecules, else its ``generation.sigma_start`` (else ``sigma_max``), as :func:`generate` defaults."""
+    if sigma_start is not None:
+        return float(sigma_start)
+    st = sampler_settings(art, None, 1)
+    return st["sigma_min"] if start == "reference" else st["sigma_start"]
 
 
 def reference_tasks(tasks: Sequence[GenerationTask]) -> Tuple[List[GenerationTask], List[np.ndarray]]:
@@ -313,11 +321,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
     rf = art.metadata.role_fields
     gen = rf.get("generation") or {}
     start = getattr(args, "start", "noise")
-    if args.sigma_start is not None:
-        s0 = args.sigma_start
-    else:
-        s0 = sampler_settings(art, None, 1)["sigma_min"] if start == "reference" else \
-            gen.get("sigma_start", rf.get("sigma_max"))
+    s0 = starting_sigma(art, start, args.sigma_start)
     title = (f"{Path(args.model).name}: {len(tasks)} held-out molecules ({args.split}), sigma_start {s0} Å"
              + (", started at the molecules themselves" if start == "reference" else ""))
     plot_validity(rows, out / "validity_vs_nfe.png", title)
@@ -345,4 +349,4 @@ def evaluate_main(args: argparse.Namespace) -> int:
 
 __all__ = ["NFE_LADDER", "START_MODES", "cli_tasks", "dataset_tasks",
            "evaluate_main", "evaluate_validity", "generate_main", "markdown_table", "parse_indices", "plot_validity",
-           "reference_lines", "reference_tasks"]
+           "reference_lines", "reference_tasks", "starting_sigma"]

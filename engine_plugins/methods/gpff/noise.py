@@ -72,6 +72,9 @@ class NoiseConfig:
             raise ValueError(f"noise.log_std must be positive, got {self.log_std}")
         if not self.weight_cap > 0:
             raise ValueError(f"noise.weight_cap must be positive, got {self.weight_cap}")
+        if self.relabel_target and not self.align_target:
+            raise ValueError("noise.relabel_target needs align_target (the relabelling is found after "
+                             "superposition); set align_target true or relabel_target false")
         self.sigma_min, self.sigma_max = float(self.sigma_min), float(self.sigma_max)
 
     @property
@@ -260,8 +263,6 @@ def make_noisy_batch(x0: torch.Tensor, batch: torch.Tensor, n_mol: int, cfg: Noi
     if cfg.relabel_target:
         if types is None:
             raise ValueError("noise.relabel_target needs the atom types of the batch")
-        if not cfg.align_target:
-            raise ValueError("noise.relabel_target needs align_target (relabelling is found after superposition)")
         ref = relabelled_reference(x0, x, types, batch, n_mol)
     target = pseudo_force_target(ref, x, batch, n_mol, align=cfg.align_target)
     return NoisyBatch(x0=x0, x=x, sigma=sigma.to(device=x0.device, dtype=dtype), target=target,

@@ -195,6 +195,40 @@ def test_nequip_flow_model_one_rank_equals_two_ranks_and_sampler(system, tmp_pat
     assert np.abs(one.frames[1] - x1.numpy()).max() <= 1e-10
 
 
+CONTACT = {"min_distance": {"Li-Li": 3.0, "Ar-Li": 3.0, "Ar-Ar": 3.2}, "rounds": 3}
+
+
+@pytest.mark.mpi
+def test_contact_redraw_one_rank_equals_two_ranks_and_sampler(models, system, tmp_path):
+    """role_fields.contact: the atoms a jump puts closer than min_distance get new noise with their
+    own draw counter (ghosts get their owner's by forward communication); 1 rank = 2 ranks = the
+    standalone FlowJump, and 'contact_rounds 0' gives the plain jumps."""
+    sampler = pytest.importorskip("engine_plugins.methods.propagator.sampler")
+    model = flow_artifact(tmp_path / "relax_contact.pt", PairRelaxPropagator(CUTOFF, 0.05, 0.5), scale=(6.0, 6.0),
+                          contact=CONTACT)
+    kw = {"corrector": models["corrector"]}
+    one = run(model, system, 4, **kw)
+    two = run(model, system, 4, nprocs=2, in_process=False, **kw)
+    off = run(model, system, 4, extra="contact_rounds 0", **kw)
+    assert "contact redraw: up to 3 round(s) per jump" in one.log
+    jump = sampler.build_flow_jump(model, models["corrector"])
+    x = torch.tensor(system.positions, dtype=torch.float64)
+    for step in range(1, 5):
+        x = jump(x, torch.tensor(system.types), torch.tensor(system.box, dtype=torch.float64),
+                 torch.tensor(TEMP, dtype=torch.float64), SEED, step)
+        assert np.abs(one.frames[step] - x.numpy()).max() <= 1e-10
+    assert int(jump.propagator.contact_redraws) >= 2
+    assert np.abs(one.frames - two.frames).max() <= 1e-10
+    assert np.abs(off.frames[1:] - one.frames[1:]).max() > 0.1
+
+
+def test_contact_metadata_with_an_unknown_type_is_a_clear_error(tmp_path):
+    bad = flow_artifact(tmp_path / "bad_contact.pt", PairRelaxPropagator(CUTOFF, 0.0, 0.0),
+                        contact={"min_distance": {"Li-Xe": 2.0}, "rounds": 2})
+    msg = lammps_error(lammps_lines(fix_line(bad)))
+    assert "role_fields.contact.min_distance' has pair 'Li-Xe'" in msg and "Fix:" in msg
+
+
 # ------------------------------------------------------------------- (f) centre of mass, long run
 def test_no_centre_of_mass_drift_over_many_jumps(models, system):
     out = run(models["relax"], system, 60, corrector=models["corrector"])
@@ -309,6 +343,7 @@ def test_corrector_must_have_role_corrector(models):
     (f"types Li Ar temp {TEMP} seed 1 gpu yes", "Unknown fix ep/propagate keyword 'gpu'"),
     (f"types Li Ar temp {TEMP} seed 1 prior_scale Xe 2", "prior_scale: 'Xe' is not a type of model"),
     (f"types Li Ar temp {TEMP} seed 1 prior_scale Li -1", "Illegal fix ep/propagate prior_scale Li -1"),
+    (f"types Li Ar temp {TEMP} seed 1 contact_rounds -1", "Illegal fix ep/propagate contact_rounds -1"),
 ])
 def test_bad_fix_arguments(models, rest, expected):
     assert expected in lammps_error(lammps_lines(fix_line(models["zero"], rest)))

@@ -389,3 +389,20 @@ def test_example_script_takes_a_prior_scale(tmp_path, capsys):
     with pytest.raises(SystemExit):
         script.main(["--demo", "--jumps", "1", "--output", str(tmp_path / "x"), "--prior-scale", "Xe=2"])
     assert "prior_scale names type(s) ['Xe']" in capsys.readouterr().err
+
+
+def test_contact_redraw_is_the_same_in_openmm_as_standalone(models, tmp_path):
+    """role_fields.contact: OpenMM's TorchForce runs the sampler's contact redraw, so its jumps equal
+    the standalone ones; contact_rounds=0 switches it off in both (and then the jumps differ)."""
+    from test_propagator_sampler import CONTACT, WIDE
+
+    model = export_field(tmp_path / "contact.pt", PairRelaxPropagator(strength=0.05, drift=0.5), flow_steps=3,
+                         periodicity="periodic", scale=WIDE, contact=CONTACT, max_displacement=20.0)
+    pos, types = system(27, seed=4)
+    ref = standalone(model, types, pos, True, 3, models["corr"])
+    got, _, _ = openmm_run(model, types, pos, True, 3, models["corr"])
+    assert np.abs(got - ref).max() <= 1e-10
+    off = standalone(model, types, pos, True, 3, models["corr"], contact_rounds=0)
+    got_off, _, _ = openmm_run(model, types, pos, True, 3, models["corr"], contact_rounds=0)
+    assert np.abs(got_off - off).max() <= 1e-10
+    assert np.abs(off - ref).max() > 0.1

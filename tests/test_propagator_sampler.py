@@ -22,11 +22,11 @@ BOX = 12.0
 
 def export_field(path, module: torch.nn.Module, role: str = "propagator", solver: str = "euler", flow_steps: int = 4,
                  periodicity: str = "any", max_displacement: float = 3.0, max_attempts: int = 4,
-                 scale: dict | None = None, delta_tau: float = 2.0):
-    """A PairRelax-style artifact with every propagator/corrector role field."""
+                 scale: dict | None = None, delta_tau: float = 2.0, **extra):
+    """A PairRelax-style artifact with every propagator/corrector role field (``extra``: more)."""
     rf = {"temperature_range": [300.0, 900.0], "flow_steps": flow_steps, "solver": solver,
           "prior": {"kind": "maxwell_boltzmann", "scale": scale or SCALE, "mass": MASS},
-          "max_displacement": max_displacement, "max_attempts": max_attempts}
+          "max_displacement": max_displacement, "max_attempts": max_attempts, **extra}
     if role == "propagator":
         rf["delta_tau"] = delta_tau
     meta = ArtifactMetadata(role=role, method="pair_relax_test", type_names=list(NAMES), cutoff=4.0,
@@ -292,3 +292,74 @@ def test_bad_inputs(models, tmp_path):
         propagate(per, pos, names, None, 600.0, 1, progress=False)
     with pytest.raises(SamplerError, match="solver 'rk4'"):
         build_flow_jump(models["euler"], solver="rk4")
+
+
+# ------------------------------------------------------------------------------ contact redraw
+CONTACT = {"min_distance": {"Li-Li": 3.2, "Li-Ar": 3.0, "Ar-Ar": 3.0}, "rounds": 4}
+WIDE = {"Li": 6.0, "Ar": 4.0}
+
+
+def reference_contact_jump(pos, types, seed, step, rounds):
+    """Zero field: the jump is the noise. Contract written out with numpy: candidate pairs within the
+    4 Å cutoff at x_cond (minimum image), per-atom draw counters, at most ``rounds`` rounds."""
+    n = len(pos)
+    kt = 8.617333262e-5 * 600.0
+    sig = np.array([WIDE[NAMES[t]] * np.sqrt(kt / MASS[NAMES[t]]) for t in types])[:, None]
+    bound = {frozenset(("Li",)): 3.2, frozenset(("Li", "Ar")): 3.0, frozenset(("Ar",)): 3.0}
+    pairs = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            v = pos[j] - pos[i]
+            v = v - BOX * np.round(v / BOX)
+            if np.linalg.norm(v) < 4.0:
+                pairs.append((i, j, v, bound[frozenset((NAMES[types[i]], NAMES[types[j]]))]))
+    attempt = np.zeros(n, dtype=int)
+    done = 0
+    for r in range(rounds + 1):
+        z = np.stack([counter_normal(seed, step, torch.tensor([i + 1]), int(attempt[i]))[0].numpy() for i in range(n)])
+        d = remove_mean(sig * z, types)
+        close = np.zeros(n, dtype=bool)
+        for i, j, v, b in pairs:
+            if np.linalg.norm(v + d[j] - d[i]) < b:
+                close[i] = close[j] = True
+        if not close.any() or r == rounds:
+            return pos + d, done, bool(close.any())
+        attempt += close
+        done += 1
+
+
+def test_contact_redraw_redraws_the_atoms_in_a_contact_as_the_contract_says(tmp_path):
+    """role_fields.contact: only atoms closer than min_distance to a graph neighbour get a new draw
+    (their own counter); a hand-written loop of the contract gives the same jump, the redraw removes
+    contacts the plain draw had, and contact_rounds 0 (or no contact metadata) is the plain draw."""
+    zero = PairRelaxPropagator(4.0, 0.0, 0.0)
+    with_contact = export_field(tmp_path / "contact.pt", zero, periodicity="periodic", scale=WIDE, contact=CONTACT,
+                                max_displacement=20.0)
+    plain = export_field(tmp_path / "plain.pt", zero, periodicity="periodic", scale=WIDE, max_displacement=20.0)
+    pos, types = system(27, seed=4)
+    box = torch.eye(3, dtype=torch.float64) * BOX
+    args = (torch.tensor(types), box, torch.tensor(600.0, dtype=torch.float64))
+    rounds_seen, resolved = 0, 0
+    for step in (1, 2, 3, 4):
+        jump = build_flow_jump(with_contact)
+        got = jump(torch.tensor(pos), *args, 7, step).numpy()
+        expected, rounds, left = reference_contact_jump(pos, types, 7, step, 4)
+        assert np.abs(got - expected).max() <= 1e-12
+        assert int(jump.propagator.contact_redraws) == rounds and int(jump.propagator.contact_left) == int(left)
+        first, _, had = reference_contact_jump(pos, types, 7, step, 0)
+        off = build_flow_jump(with_contact, contact_rounds=0)(torch.tensor(pos), *args, 7, step).numpy()
+        assert np.abs(off - first).max() <= 1e-12
+        assert np.abs(build_flow_jump(plain)(torch.tensor(pos), *args, 7, step).numpy() - first).max() <= 1e-12
+        rounds_seen += rounds
+        resolved += int(had and not left)
+    assert rounds_seen >= 2 and resolved >= 1   # the test exercises redraws that clear contacts
+
+
+def test_contact_metadata_errors(tmp_path):
+    zero = PairRelaxPropagator(4.0, 0.0, 0.0)
+    bad = export_field(tmp_path / "bad.pt", zero, contact={"min_distance": {"Li-Xe": 2.0}, "rounds": 2})
+    with pytest.raises(SamplerError, match="pair 'Li-Xe'.*types are Li, Ar"):
+        build_flow_jump(bad)
+    good = export_field(tmp_path / "good.pt", zero, contact=CONTACT)
+    with pytest.raises(SamplerError, match="contact rounds must be >= 0"):
+        build_flow_jump(good, contact_rounds=-1)

@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the standalone engine runs (auto: CUDA when available)")
     p.add_argument("--prior-scale", nargs="+", metavar="TYPE=S",
                    help="override the propagator's prior scale of these types in every case (e.g. Li=6)")
+    p.add_argument("--contact-rounds", type=int, metavar="N",
+                   help="contact redraw rounds per jump (default: the propagator's role_fields.contact; "
+                        "0 switches it off)")
     p.add_argument("--adaptive-prior", type=float, metavar="PS",
                    help="per case, the model's adaptive prior pick measured on the first PS ps of the case's "
                         "reference run (a model trained with prior.adaptive)")

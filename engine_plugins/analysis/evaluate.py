@@ -688,6 +688,7 @@ def main(args: argparse.Namespace) -> int:
                               "platform": args.platform,
                               "device": None if getattr(args, "device", "auto") == "auto" else args.device,
                               "prior_scale": prior_scale,
+                              "contact_rounds": getattr(args, "contact_rounds", None),
                               }.items() if v is not None}
     t0 = time.perf_counter()
     engines = list(dict.fromkeys(args.engine))

@@ -348,20 +348,21 @@ def _standalone(model: Path, start: RolloutStart, n_jumps: int, seed: int, corre
                                 box=start.box / to_a, temperature=start.temperature, n_jumps=n_jumps, seed=seed,
                                 corrector=str(corrector) if corrector else None, flow_steps=options.get("flow_steps"),
                                 corrector_flow_steps=options.get("corrector_flow_steps"), progress=progress,
-                                device=options.get("device"), prior_scale=options.get("prior_scale"))
+                                device=options.get("device"), prior_scale=options.get("prior_scale"),
+                                contact_rounds=options.get("contact_rounds"))
     except sampler.JumpFailedError as exc:
         part = exc.partial
         if part is None:
             raise
         save_positions_rollout(directory, start, np.asarray(part.positions) * to_a, engine="standalone",
                                delta_tau=float(part.delta_tau_ps), seed=seed, wall=time.perf_counter() - t0,
-                               info={**info, "retries": int(part.retries), "failed": str(exc)})
+                               info={**info, "retries": int(part.retries), **part.contact, "failed": str(exc)})
         raise RolloutFailedError("standalone", start.case_id, len(part.positions) - 1, n_jumps, str(exc),
                                  directory) from None
     wall = time.perf_counter() - t0
     return save_positions_rollout(directory, start, np.asarray(res.positions) * to_a, engine="standalone",
                                   delta_tau=float(res.delta_tau_ps), seed=seed, wall=wall,
-                                  info={**info, "retries": int(res.retries)})
+                                  info={**info, "retries": int(res.retries), **res.contact})
 
 
 @adapter("openmm")
@@ -387,7 +388,8 @@ def _openmm(model: Path, start: RolloutStart, n_jumps: int, seed: int, corrector
                                          temperature=start.temperature, seed=seed, periodic=True,
                                          flow_steps=options.get("flow_steps"),
                                          corrector_flow_steps=options.get("corrector_flow_steps"),
-                                         prior_scale=options.get("prior_scale"))
+                                         prior_scale=options.get("prior_scale"),
+                                         contact_rounds=options.get("contact_rounds"))
     platform = options.get("platform") or "CPU"
     props = {"Threads": str(options.get("threads", 1))} if platform == "CPU" else {}
     context = mm.Context(system, setup.integrator, mm.Platform.getPlatformByName(platform), props)
@@ -440,6 +442,8 @@ def lammps_propagate_input(model: Path, start: RolloutStart, n_jumps: int, seed:
         extra += f" steps {int(options['flow_steps'])}"
     for name, scale in (options.get("prior_scale") or {}).items():
         extra += f" prior_scale {name} {float(scale):.17g}"
+    if options.get("contact_rounds") is not None:
+        extra += f" contact_rounds {int(options['contact_rounds'])}"
     if options.get("corrector_flow_steps"):
         raise RolloutError("fix ep/propagate has no keyword for the corrector's flow steps (it runs the corrector's "
                            "own); drop corrector_flow_steps (--corrector-flow-steps) for the lammps engine")

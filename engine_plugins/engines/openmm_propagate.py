@@ -277,10 +277,12 @@ def _box_ok(system, cutoff_nm: float) -> None:
 
 def _make_force(art: Artifact, role: str, type_idx: list[int], periodic: bool, seed: int, group: int,
                 temperature: float, start_step: int, report_retries: bool, flow_steps: int | None,
-                solver: str | None, prior_scale: Mapping[str, float] | None = None):
+                solver: str | None, prior_scale: Mapping[str, float] | None = None,
+                contact_rounds: int | None = None):
     openmmtorch = import_openmmtorch()
     try:
-        sampler = build_flow_sampler(art, role, flow_steps, solver, prior_scale=prior_scale)
+        sampler = build_flow_sampler(art, role, flow_steps, solver, prior_scale=prior_scale,
+                                     contact_rounds_override=contact_rounds)
         nm_to_model = length_factor(OPENMM_UNITS["length"], art.metadata.units["length"])
     except (SamplerError, UnitError) as exc:
         raise LearnedPropagationError(str(exc)) from exc
@@ -304,7 +306,8 @@ def create_learned_integrator(system, topology_or_types, propagator: str | os.Pa
                               corrector_flow_steps: int | None = None, corrector_solver: str | None = None,
                               propagator_group: int = 30, corrector_group: int = 31,
                               report_retries: bool = True,
-                              prior_scale: Mapping[str, float] | None = None) -> LearnedPropagation:
+                              prior_scale: Mapping[str, float] | None = None,
+                              contact_rounds: int | None = None) -> LearnedPropagation:
     """Add the learned-propagation force(s) to ``system`` and return the integrator that applies them.
 
     ``topology_or_types``: an OpenMM Topology (element symbol, atom name or residue name, e.g. CG
@@ -314,7 +317,8 @@ def create_learned_integrator(system, topology_or_types, propagator: str | os.Pa
     ``start_step + k + 1``) fix the noise. ``periodic`` defaults to whether the
     topology has a box, else to the model's periodicity. ``flow_steps``/``solver`` (and
     ``corrector_flow_steps``/``corrector_solver``) override the metadata. ``prior_scale`` ({type: scale}) overrides the propagator's prior
-    scale, e.g. the adaptive prior's pick for this material (``prior.measure_adaptive_scale``).
+    scale, e.g. the adaptive prior's pick for this material (``prior.measure_adaptive_scale``);
+    ``contact_rounds`` the rounds of the propagator's contact redraw (``role_fields.contact``; 0: off).
     The System keeps its own forces; they never move particles (only reporters see them).
     """
     import openmm as mm
@@ -358,7 +362,7 @@ def create_learned_integrator(system, topology_or_types, propagator: str | os.Pa
     _check_system(system, names, masses, groups)
     pidx = type_indices(names, meta.type_names).tolist()
     pforce = _make_force(prop, "propagator", pidx, periodic, seed, propagator_group, temperature, start_step,
-                         report_retries, flow_steps, solver, prior_scale)
+                         report_retries, flow_steps, solver, prior_scale, contact_rounds)
     cforce = None
     if corr is not None:
         missing = sorted({t for t in names if t not in corr.metadata.type_names})

@@ -98,7 +98,7 @@ const std::map<std::string, std::pair<std::string, std::string>> LAMMPS_UNITS = 
 const std::set<std::string> KEYWORDS = {"types",        "temp",     "seed",   "corrector",
                                         "steps",        "solver",   "max_attempts",
                                         "max_disp",     "timestep", "device",   "threads",
-                                        "prior_scale"};
+                                        "prior_scale",  "contact_rounds"};
 
 // which LAMMPS style of engine_plugins runs each artifact role
 const std::map<std::string, std::string> ROLE_STYLE = {
@@ -145,6 +145,10 @@ struct FixEPPropagate::Model {
   int flow_steps = 1;
   std::vector<double> scale, mass;    // prior, per model type
   double max_disp_meta = -1.0;        // model length units, < 0: none in the metadata
+  // contact redraw (role_fields.contact): squared shortest distance per model type pair
+  // (model length units, row-major [type_i * ntypes + type_j], 0: none) and rounds per jump
+  std::vector<double> contact_sq;
+  int contact_rounds = 0;
   int max_attempts_meta = 0;          // 0: none in the metadata
 
   // engine side
@@ -172,16 +176,17 @@ struct FixEPPropagate::Model {
 
 FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
     Fix(lmp, narg, arg), list(nullptr), temperature(-1.0), seed(0), steps_override(0),
-    max_attempts(0), max_disp(-1.0), set_timestep(false), device_request("auto"),
-    device_index(-1), num_threads(1), disp(nullptr), disp_trial(nullptr), comm_array(nullptr),
-    nmax_disp(0), ghost_owner_build(-1), total_redraws(0.0), last_redraws(0.0), last_max_disp(0.0),
-    num_jumps(0.0),
-    total_corrector_redraws(0.0)
+    max_attempts(0), contact_rounds_input(-1), max_disp(-1.0), set_timestep(false),
+    device_request("auto"), device_index(-1), num_threads(1), disp(nullptr), disp_trial(nullptr),
+    attempt_arr(nullptr), comm_array(nullptr), nmax_disp(0), ghost_owner_build(-1),
+    total_redraws(0.0), last_redraws(0.0), last_max_disp(0.0), num_jumps(0.0),
+    total_corrector_redraws(0.0), total_contact_rounds(0.0), contact_atoms(0.0), contact_left(0.0)
 {
   const std::string usage =
       "expected 'fix ID group ep/propagate MODEL.pt types NAME1 ... NAMEntypes temp T seed S "
       "[corrector MODEL2.pt|none] [steps K] [solver euler|heun] [max_attempts N] [max_disp D] "
-      "[timestep check|set] [device cpu|cuda|auto] [threads N] [prior_scale NAME S ...]'";
+      "[timestep check|set] [device cpu|cuda|auto] [threads N] [prior_scale NAME S ...] "
+      "[contact_rounds N]'";
   if (narg < 4) error->all(FLERR, "Illegal fix ep/propagate command: {}", usage);
 
   time_integrate = 1;
@@ -190,7 +195,7 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
   comm_forward = 3;
   scalar_flag = 1;
   vector_flag = 1;
-  size_vector = 5;
+  size_vector = 7;
   global_freq = 1;
   extscalar = 0;
   extvector = 0;
@@ -294,6 +299,15 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
                    arg[iarg + 1], arg[iarg + 2]);
       prior_scale_override.emplace_back(arg[iarg + 1], value);
       iarg += 3;
+    } else if (keyword == "contact_rounds") {
+      if (iarg + 2 > narg) utils::missing_cmd_args(FLERR, "fix ep/propagate contact_rounds", error);
+      contact_rounds_input = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (contact_rounds_input < 0)
+        error->all(FLERR,
+                   "Illegal fix ep/propagate contact_rounds {}: use a number >= 0 (0 switches the "
+                   "contact redraw off)",
+                   contact_rounds_input);
+      iarg += 2;
     } else if (keyword == "threads") {
       if (iarg + 2 > narg) utils::missing_cmd_args(FLERR, "fix ep/propagate threads", error);
       num_threads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
@@ -304,7 +318,7 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
       error->all(FLERR,
                  "Unknown fix ep/propagate keyword '{}': the keywords are types, temp, seed, "
                  "corrector, steps, solver, max_attempts, max_disp, timestep, device, threads, "
-                 "prior_scale ({})",
+                 "prior_scale, contact_rounds ({})",
                  keyword, usage);
     }
   }
@@ -353,6 +367,31 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
 
   propagator = load_model(model_path, "propagator");
   if (!corrector_path.empty()) corrector = load_model(corrector_path, "corrector");
+  if (contact_rounds_input >= 0) propagator->contact_rounds = contact_rounds_input;
+  if (std::none_of(propagator->contact_sq.begin(), propagator->contact_sq.end(),
+                   [](double v) { return v > 0.0; }))
+    propagator->contact_rounds = 0;
+  if (comm->me == 0) {
+    if (propagator->contact_rounds > 0) {
+      std::string pairs;
+      const int nt = static_cast<int>(propagator->type_names.size());
+      for (int a = 0; a < nt; a++)
+        for (int b = a; b < nt; b++)
+          if (propagator->contact_sq[a * nt + b] > 0.0)
+            pairs += fmt::format("{}{}-{} {:.6g}", pairs.empty() ? "" : ", ",
+                                 propagator->type_names[a], propagator->type_names[b],
+                                 std::sqrt(propagator->contact_sq[a * nt + b]));
+      utils::logmesg(lmp,
+                     "ep/propagate: contact redraw: up to {} round(s) per jump for atoms closer "
+                     "than ({}): {}\n",
+                     propagator->contact_rounds, propagator->length_unit, pairs);
+    } else if (contact_rounds_input > 0) {
+      error->warning(FLERR,
+                     "fix ep/propagate contact_rounds {}: model '{}' has no role_fields.contact "
+                     "distances, so there is no contact redraw",
+                     contact_rounds_input, model_path);
+    }
+  }
 
   for (Model *m : {propagator.get(), corrector.get()}) {
     if (!m) continue;
@@ -391,6 +430,7 @@ FixEPPropagate::~FixEPPropagate()
 {
   memory->destroy(disp);
   memory->destroy(disp_trial);
+  memory->destroy(attempt_arr);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -662,6 +702,45 @@ std::unique_ptr<FixEPPropagate::Model> FixEPPropagate::load_model(const std::str
   m->cutoff = m->cutoff_model / m->length_factor;
   if (m->max_disp_meta > 0.0) m->max_disp = m->max_disp_meta * m->angstrom_factor;
 
+  // contact redraw: role_fields.contact = {"min_distance": {"A-B": angstrom}, "rounds": N}
+  const int nmt = static_cast<int>(m->type_names.size());
+  m->contact_sq.assign(nmt * nmt, 0.0);
+  if (want_role == "propagator" && rf.contains("contact") && !rf["contact"].is_null()) {
+    const auto &contact = rf["contact"];
+    if (!contact.is_object() || !contact.contains("min_distance") ||
+        !contact["min_distance"].is_object())
+      bad("role_fields.contact", "has no 'min_distance' mapping {\"A-B\": angstrom}",
+          "re-export the model with engine_plugins (methods/propagator/contact.py)");
+    for (const auto &item : contact["min_distance"].items()) {
+      const std::string key = item.key();
+      const auto dash = key.find('-');
+      int a = -1, b = -1;
+      if (dash != std::string::npos && key.find('-', dash + 1) == std::string::npos) {
+        auto fa = std::find(m->type_names.begin(), m->type_names.end(), key.substr(0, dash));
+        auto fb = std::find(m->type_names.begin(), m->type_names.end(), key.substr(dash + 1));
+        if (fa != m->type_names.end() && fb != m->type_names.end()) {
+          a = static_cast<int>(fa - m->type_names.begin());
+          b = static_cast<int>(fb - m->type_names.begin());
+        }
+      }
+      if (a < 0)
+        bad("role_fields.contact.min_distance",
+            fmt::format("has pair '{}', not TYPE-TYPE of the model's types", key),
+            fmt::format("name pairs with the type names ({})", join_names(m->type_names)));
+      if (!item.value().is_number() || !(item.value().get<double>() >= 0.0) ||
+          !std::isfinite(item.value().get<double>()))
+        bad("role_fields.contact.min_distance", fmt::format("['{}'] is not a distance >= 0", key),
+            "re-export the model");
+      const double d = item.value().get<double>() * m->angstrom_factor;
+      m->contact_sq[a * nmt + b] = m->contact_sq[b * nmt + a] = d * d;
+    }
+    if (contact.contains("rounds")) {
+      if (!contact["rounds"].is_number_integer() || contact["rounds"].get<int>() < 0)
+        bad("role_fields.contact.rounds", "is not an integer >= 0", "re-export the model");
+      m->contact_rounds = contact["rounds"].get<int>();
+    }
+  }
+
   const int ntypes = atom->ntypes;
   m->type_map.assign(ntypes + 1, -1);
   m->sigma.assign(ntypes + 1, 0.0);
@@ -812,8 +891,11 @@ void FixEPPropagate::grow_disp()
     nmax_disp = atom->nmax;
     memory->destroy(disp);
     memory->destroy(disp_trial);
+    memory->destroy(attempt_arr);
     memory->create(disp, nmax_disp, 3, "ep/propagate:disp");
     memory->create(disp_trial, nmax_disp, 3, "ep/propagate:disp_trial");
+    // 3 per atom so that it travels through the same forward communication as disp
+    memory->create(attempt_arr, nmax_disp, 3, "ep/propagate:attempt");
   }
 }
 
@@ -1047,13 +1129,18 @@ int FixEPPropagate::flow(Model &m, uint64_t attempt_offset, double &max_norm)
   const double *mass = atom->mass;
   const int K = m.steps;
   const double h = 1.0 / K;
-  int attempt = 0;
-  for (;; attempt++) {
-    const uint64_t key = EPNoise::key(seed, static_cast<uint64_t>(update->ntimestep),
-                                      static_cast<uint64_t>(attempt) + attempt_offset);
+  // per-atom draw counters (attempt_arr[a][0]): a failed draw redraws every atom, a contact
+  // round only the atoms in a contact; ghosts get their owner's counter by forward comm
+  for (int a = 0; a < nall; a++) attempt_arr[a][0] = attempt_arr[a][1] = attempt_arr[a][2] = 0.0;
+  int attempt = 0;    // failed draws
+  int rounds = 0;     // contact rounds
+  for (;;) {
     double z[3];
     for (int a = 0; a < nall; a++) {
       if (mask[a] & groupbit) {
+        const uint64_t key =
+            EPNoise::key(seed, static_cast<uint64_t>(update->ntimestep),
+                         static_cast<uint64_t>(attempt_arr[a][0]) + attempt_offset);
         EPNoise::normal3(key, static_cast<uint64_t>(tag[a]), z);
         const double s = m.sigma[type[a]];
         for (int k = 0; k < 3; k++) disp[a][k] = s * z[k];
@@ -1115,8 +1202,46 @@ int FixEPPropagate::flow(Model &m, uint64_t attempt_offset, double &max_norm)
     MPI_Allreduce(&local[0], &global[0], 1, MPI_DOUBLE, MPI_SUM, world);
     MPI_Allreduce(&local[1], &global[1], 1, MPI_DOUBLE, MPI_MAX, world);
     max_norm = global[1];
-    if (global[0] == 0.0) break;
-    if (attempt + 1 >= max_attempts)
+    if (global[0] == 0.0) {
+      if (m.contact_rounds <= 0) break;
+      // contact redraw: owned atoms closer to a graph neighbour than min_distance of their
+      // type pair at x_cond + d (edges out of owned atoms; the full list has both directions)
+      exchange_ghosts(disp);
+      const int nt = static_cast<int>(m.type_names.size());
+      double flagged_local = 0.0, flagged = 0.0;
+      for (int i = 0; i < nlocal; i++) attempt_arr[i][1] = 0.0;
+      for (int64_t e = 0; e < nedges; e++) {
+        const int64_t src = edge_src[e], dst = edge_dst[e];
+        if (src >= nlocal) continue;
+        const int ai = atom_of[src], aj = atom_of[dst];
+        if (!(mask[ai] & groupbit)) continue;
+        const double bound_sq = m.contact_sq[m.type_buf[src] * nt + m.type_buf[dst]];
+        if (bound_sq <= 0.0) continue;
+        double r2 = 0.0;
+        for (int k = 0; k < 3; k++) {
+          const double dk = (m.xc_buf[3 * dst + k] + disp[aj][k]) -
+              (m.xc_buf[3 * src + k] + disp[ai][k]) + shift_buf[3 * e + k];
+          r2 += dk * dk;
+        }
+        if (r2 < bound_sq) attempt_arr[ai][1] = 1.0;
+      }
+      for (int i = 0; i < nlocal; i++) flagged_local += attempt_arr[i][1];
+      MPI_Allreduce(&flagged_local, &flagged, 1, MPI_DOUBLE, MPI_SUM, world);
+      if (flagged == 0.0) break;
+      if (rounds >= m.contact_rounds) {
+        contact_left += 1.0;
+        break;
+      }
+      rounds++;
+      total_contact_rounds += 1.0;
+      contact_atoms += flagged;
+      for (int i = 0; i < nlocal; i++) attempt_arr[i][0] += attempt_arr[i][1];
+      exchange_ghosts(attempt_arr);
+      continue;
+    }
+    attempt++;
+    for (int a = 0; a < nall; a++) attempt_arr[a][0] += 1.0;
+    if (attempt >= max_attempts)
       error->all(FLERR,
                  "fix ep/propagate: jump at step {}: all {} attempt(s) of the {} '{}' gave a "
                  "non-finite displacement or one longer than max_displacement {} {} (last attempt: "
@@ -1300,6 +1425,8 @@ double FixEPPropagate::compute_scalar()
    f_ID[3] largest |displacement| of an atom in the last jump (LAMMPS length)
    f_ID[4] jumps done
    f_ID[5] corrector redraws since the fix was defined
+   f_ID[6] contact rounds since the fix was defined (each redraws the atoms in a contact)
+   f_ID[7] jumps accepted with a contact left after contact_rounds rounds
 ------------------------------------------------------------------------- */
 
 double FixEPPropagate::compute_vector(int n)
@@ -1315,6 +1442,10 @@ double FixEPPropagate::compute_vector(int n)
       return num_jumps;
     case 4:
       return total_corrector_redraws;
+    case 5:
+      return total_contact_rounds;
+    case 6:
+      return contact_left;
     default:
       return 0.0;
   }
@@ -1324,5 +1455,5 @@ double FixEPPropagate::compute_vector(int n)
 
 double FixEPPropagate::memory_usage()
 {
-  return 2.0 * 3 * nmax_disp * sizeof(double);
+  return 3.0 * 3 * nmax_disp * sizeof(double);
 }

@@ -4,6 +4,7 @@
    fix ID group ep/propagate MODEL.pt types NAME1 ... NAMEntypes temp T seed S
        [corrector MODEL2.pt] [steps K] [solver euler|heun] [max_attempts N]
        [max_disp D] [timestep check|set] [device cpu|cuda|auto] [threads N]
+       [prior_scale NAME S ...] [contact_rounds N]
 
    Each timestep is one learned jump of delta_tau (the model's, which must
    equal the LAMMPS timestep): the fix integrates the flow ODE of a
@@ -63,6 +64,7 @@ class FixEPPropagate : public Fix {
   // prior's pick for this material), in input order
   std::vector<std::pair<std::string, double>> prior_scale_override;
   int max_attempts;
+  int contact_rounds_input;  // 'contact_rounds N' (-1: the metadata's role_fields.contact.rounds)
   double max_disp;           // LAMMPS length units, <= 0: from the metadata
   bool set_timestep;         // 'timestep set': dt := delta_tau instead of an error
   std::string device_request;
@@ -73,6 +75,7 @@ class FixEPPropagate : public Fix {
   // flow state, per atom (local + ghost), model length units; comm_array is what
   // pack/unpack_forward_comm exchange
   double **disp, **disp_trial;
+  double **attempt_arr;    // [i][0]: draw counter of atom i in this jump, [i][1]: in a contact
   double **comm_array;
   int nmax_disp;
 
@@ -88,6 +91,7 @@ class FixEPPropagate : public Fix {
 
   // diagnostics (compute_vector)
   double total_redraws, last_redraws, last_max_disp, num_jumps, total_corrector_redraws;
+  double total_contact_rounds, contact_atoms, contact_left;
 
   std::unique_ptr<Model> load_model(const std::string &path, const std::string &role);
   void find_ghost_owners();

@@ -27,9 +27,12 @@ Between flow steps a multi-rank engine refreshes the ghosts' displacement ``x_t 
     sigma_i = scale[type_i] * sqrt(k_B[eV/K] * T / mass[type_i][amu])    (angstrom)
 
 with ``role_fields.prior = {"kind": "maxwell_boltzmann", "scale": {type: s}, "mass": {type: amu}}``
-(scale 1 gives 0.1 angstrom for Li at 800 K). A jump is redrawn with ``attempt + 1`` when any
-displacement is non-finite or longer than ``role_fields.max_displacement`` (angstrom), at most
-``max_attempts`` times, then the run stops with an error.
+(scale 1 gives 0.1 angstrom for Li at 800 K). ``attempt`` is a per-atom draw counter (0 at the
+first draw). A jump is redrawn with every ``attempt_i + 1`` when any displacement is non-finite or
+longer than ``role_fields.max_displacement`` (angstrom), at most ``max_attempts`` times, then the run
+stops with an error. Contact redraw (``role_fields.contact``, see ``contact.py``): after an accepted
+draw, the atoms closer than ``min_distance[type pair]`` to a graph neighbour at ``x_cond + d`` get
+``attempt_i + 1`` and the jump is integrated again, at most ``rounds`` times, then accepted.
 
 The corrector is the same network and loop, trained to map X + N(0, s^2) back to X; it runs after
 each propagator jump with its own seed stream (``attempt`` offset by 2**20).

@@ -13,9 +13,16 @@ One jump follows the contract in :mod:`engine_plugins.methods.propagator` exactl
   model dtype;
 * Euler or Heun with ``K`` flow steps (metadata ``flow_steps``/``solver``, overridable);
 * ``d = x_K - x_cond`` minus its mass-weighted mean (masses of ``role_fields.prior.mass``);
+* every atom has its own draw counter ``attempt_i`` (0 at the first draw);
 * a jump whose ``d`` is non-finite or has an atom moved farther than ``max_displacement`` (Å)
-  is redrawn with ``attempt + 1``; ``max_attempts`` is the total number of draws (first one
-  included), after which the call raises. ``retries`` counts the redraws;
+  is redrawn with every ``attempt_i + 1``; ``max_attempts`` is the total number of such failed
+  draws (first one included) after which the call raises. ``retries`` counts these redraws;
+* contact redraw (``role_fields.contact``; off without it): after an accepted draw, every atom
+  closer to a graph neighbour (edges built on ``x_cond``) than ``min_distance`` of their type
+  pair at ``x_cond + d`` gets ``attempt_i + 1`` and the jump is integrated again from ``x_cond``,
+  at most ``rounds`` times; then the jump is accepted as it is (``contact_left`` counts those).
+  Why: the vector field is trained on frame pairs where atoms never come that close, and a draw
+  that puts two atoms on top of each other is a sample from the prior's tail, not dynamics;
 * the corrector is the same loop on the jumped frame with ``attempt`` offset by ``2**20``.
 
 Defaults when the metadata does not give them: ``max_attempts`` = :data:`DEFAULT_MAX_ATTEMPTS`,
@@ -26,7 +33,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -34,6 +41,7 @@ import numpy as np
 import torch
 
 from engine_plugins.export.artifact import Artifact, load_artifact
+from engine_plugins.methods.propagator.contact import ContactError, contact_matrix, contact_rounds as rounds_of
 from engine_plugins.methods.propagator.prior import KB_EV_PER_K, prior_tensors, with_scale_override
 from engine_plugins.nn.counter_noise import counter_normal
 from engine_plugins.nn.graph import VerletGraph
@@ -81,7 +89,8 @@ class FlowSampler(torch.nn.Module):
     def __init__(self, model: torch.jit.ScriptModule, role: str, scale: torch.Tensor, mass: torch.Tensor,
                  cutoff: float, flow_steps: int, solver: str, max_displacement: float, max_attempts: int,
                  attempt_offset: int, dtype: torch.dtype, length_unit: str, angstrom_to_model: float,
-                 skin: float = 1.0) -> None:
+                 skin: float = 1.0, contact_distance: Optional[torch.Tensor] = None,
+                 contact_rounds: int = 0) -> None:
         super().__init__()
         self.model = model
         self.role = role
@@ -100,6 +109,14 @@ class FlowSampler(torch.nn.Module):
         self.angstrom_to_model = float(angstrom_to_model)
         self.retries = 0
         self.last_retries = 0
+        # contact redraw: [types, types] shortest allowed distance (model length unit, 0: none)
+        n_types = int(scale.shape[0])
+        cd = torch.zeros(n_types, n_types) if contact_distance is None else contact_distance
+        self.register_buffer("contact_distance", cd.to(torch.float64))
+        self.contact_rounds = int(contact_rounds) if bool((cd > 0).any()) else 0
+        self.contact_redraws = 0  # contact rounds so far (all jumps)
+        self.contact_atoms = 0  # atom redraws for contacts so far
+        self.contact_left = 0  # jumps accepted with a contact after contact_rounds rounds
         # Why not always raise: libtorch crashes (segfault in InterpreterStateImpl::callstack) when a
         # raise inside a nested scripted call unwinds through openmmtorch's C++ kernel, so an engine
         # adapter sets this False, checks ``failure`` and raises from its own top-level forward.
@@ -132,8 +149,19 @@ class FlowSampler(torch.nn.Module):
         h = 1.0 / self.flow_steps
         reason = ""
         self.failure = ""
-        for attempt in range(self.max_attempts):
-            z = counter_normal(seed, step, tags, attempt + self.attempt_offset)
+        # per-atom draw counters: a failed draw (non-finite, too long) redraws every atom, a
+        # contact round only the atoms in a contact (contract: counter_normal(..., attempt_i))
+        attempts = torch.zeros(n, dtype=torch.long, device=x_cond.device)
+        failures = 0
+        rounds = 0
+        while failures < self.max_attempts:
+            z = torch.empty(n, 3, dtype=torch.float64, device=x_cond.device)
+            if n > 0:
+                lo, hi = int(attempts.min()), int(attempts.max())
+                for a in range(lo, hi + 1):
+                    sel = attempts == a
+                    if bool(sel.any()):
+                        z[sel] = counter_normal(seed, step, tags[sel], a + self.attempt_offset)
             x = x_cond + (sigma * z).to(self.model_dtype)
             for k in range(self.flow_steps):
                 t = k * h
@@ -159,10 +187,31 @@ class FlowSampler(torch.nn.Module):
                                  f"{self.max_displacement} {self.length_unit}"
                     else:
                         reason = ""
-            if reason == "":
-                self.retries += attempt
-                self.last_retries = attempt
-                return d
+            if reason != "":
+                failures += 1
+                attempts = attempts + 1
+                continue
+            if self.contact_rounds > 0 and n > 0:
+                # atoms closer to a graph neighbour (edges of x_cond) than contact_distance
+                y = x_cond + d
+                ei, ej = edge_index[0], edge_index[1]
+                vec = y[ej] - y[ei] + edge_shift
+                bound = self.contact_distance[types[ei], types[ej]]
+                pair = (vec * vec).sum(-1).to(torch.float64) < bound * bound
+                close = torch.zeros(n, dtype=torch.bool, device=y.device)
+                close[ei[pair]] = True
+                close[ej[pair]] = True
+                if bool(close.any()):
+                    if rounds < self.contact_rounds:
+                        rounds += 1
+                        self.contact_redraws += 1
+                        self.contact_atoms += int(close.sum())
+                        attempts = attempts + close.to(torch.long)
+                        continue
+                    self.contact_left += 1
+            self.retries += failures
+            self.last_retries = failures
+            return d
         self.retries += self.max_attempts
         self.last_retries = self.max_attempts
         self.failure = (
@@ -228,11 +277,13 @@ def check_vector_field_role(art: Artifact, role: str) -> None:
 
 def build_flow_sampler(model: str | os.PathLike | Artifact, role: str = "propagator",
                        flow_steps: int | None = None, solver: str | None = None,
-                       skin: float = 1.0, prior_scale: Mapping[str, float] | None = None) -> FlowSampler:
+                       skin: float = 1.0, prior_scale: Mapping[str, float] | None = None,
+                       contact_rounds_override: int | None = None) -> FlowSampler:
     """A :class:`FlowSampler` for a ``propagator`` or ``corrector`` artifact (metadata checked).
 
     ``prior_scale`` ({type: scale}) replaces the metadata's prior scale of those types, e.g. the
-    adaptive prior's pick for the material at hand (:func:`prior.measure_adaptive_scale`)."""
+    adaptive prior's pick for the material at hand (:func:`prior.measure_adaptive_scale`);
+    ``contact_rounds_override`` replaces ``role_fields.contact.rounds`` (0: no contact redraw)."""
     art = _artifact(model)
     check_vector_field_role(art, role)
     meta = art.metadata
@@ -258,18 +309,27 @@ def build_flow_sampler(model: str | os.PathLike | Artifact, role: str = "propaga
     if max_attempts < 1:
         raise SamplerError(f"{art.path}: role_fields.max_attempts must be >= 1, got {max_attempts}")
     offset = CORRECTOR_ATTEMPT_OFFSET if role == "corrector" else 0
+    try:
+        bounds = contact_matrix(rf.get("contact"), meta.type_names, ang_to_model)
+        rounds = rounds_of(rf.get("contact"), contact_rounds_override)
+    except ContactError as exc:
+        raise SamplerError(f"{art.path}: {exc}") from exc
     return FlowSampler(art.module, role, scale, mass, meta.cutoff, k, solver, max_disp, max_attempts, offset,
-                       getattr(torch, meta.dtype), meta.units["length"], ang_to_model, skin * ang_to_model)
+                       getattr(torch, meta.dtype), meta.units["length"], ang_to_model, skin * ang_to_model,
+                       bounds, rounds)
 
 
 def build_flow_jump(propagator: str | os.PathLike | Artifact, corrector: str | os.PathLike | Artifact | None = None,
                     flow_steps: int | None = None, solver: str | None = None,
                     corrector_flow_steps: int | None = None, corrector_solver: str | None = None,
-                    script: bool = True, prior_scale: Mapping[str, float] | None = None) -> FlowJump:
+                    script: bool = True, prior_scale: Mapping[str, float] | None = None,
+                    contact_rounds: int | None = None) -> FlowJump:
     """A (scripted) :class:`FlowJump` from a propagator artifact and an optional corrector artifact;
-    ``prior_scale`` overrides the propagator's prior scale per type (see :func:`build_flow_sampler`)."""
+    ``prior_scale`` overrides the propagator's prior scale per type and ``contact_rounds`` its
+    contact rounds (see :func:`build_flow_sampler`)."""
     prop_art = _artifact(propagator)
-    prop = build_flow_sampler(prop_art, "propagator", flow_steps, solver, prior_scale=prior_scale)
+    prop = build_flow_sampler(prop_art, "propagator", flow_steps, solver, prior_scale=prior_scale,
+                              contact_rounds_override=contact_rounds)
     corr = None
     ctypes = None
     if corrector is not None:
@@ -341,6 +401,9 @@ class Rollout:
     retries: int
     delta_tau_ps: float
     trajectory: Path | None = None
+    #: contact redraw counts: contact_rounds (rounds, all jumps), contact_atoms (atom redraws),
+    #: contact_left (jumps accepted with a contact after the last round)
+    contact: dict = field(default_factory=dict)
 
 
 _TOPOLOGY_FORMATS = {".dcd", ".xtc", ".trr", ".nc", ".ncdf"}
@@ -380,7 +443,8 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
               corrector: str | os.PathLike | Artifact | None = None, flow_steps: int | None = None,
               solver: str | None = None, trajectory: str | os.PathLike | None = None,
               device: str | torch.device | None = None, progress: bool = True,
-              corrector_flow_steps: int | None = None, prior_scale: Mapping[str, float] | None = None) -> Rollout:
+              corrector_flow_steps: int | None = None, prior_scale: Mapping[str, float] | None = None,
+              contact_rounds: int | None = None) -> Rollout:
     """Standalone learned rollout: ``n_jumps`` jumps of Δτ from ``positions`` (model length unit, Å).
 
     ``start_step`` is the step counter of the start frame; the jump that reaches step n (frame
@@ -390,7 +454,8 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
     system. ``trajectory`` (optional) is written with MDAnalysis, format from the suffix (.dcd, .xtc,
     .xyz, .pdb, ...), frames 0..n_jumps, unwrapped; .dcd/.xtc get a .pdb topology beside them.
     Runs on CUDA when available unless ``device`` says otherwise. ``prior_scale`` ({type: scale})
-    overrides the propagator's prior scale, e.g. the adaptive prior's pick for this material.
+    overrides the propagator's prior scale, e.g. the adaptive prior's pick for this material;
+    ``contact_rounds`` the rounds of its contact redraw (``role_fields.contact``; 0: off).
     A jump that fails every redraw raises :class:`JumpFailedError`; its ``partial`` holds the frames
     made before it (and ``trajectory``, if given, has them too).
     """
@@ -417,7 +482,7 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
         raise SamplerError(f"device '{dev}' asked for, but torch sees no CUDA device. Fix: run on the CPU "
                            "(--device cpu or auto; in Python device='cpu' or None)")
     jump = build_flow_jump(prop_art, corrector, flow_steps, solver, corrector_flow_steps,
-                           prior_scale=prior_scale).to(dev)
+                           prior_scale=prior_scale, contact_rounds=contact_rounds).to(dev)
     dtype = getattr(torch, meta.dtype)
     x = torch.as_tensor(pos, dtype=dtype, device=dev)
     box_t = None if box is None else torch.as_tensor(np.asarray(box, float), dtype=dtype, device=dev)
@@ -444,7 +509,7 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
                 except torch.jit.Error as exc:
                     dt = float(jump.delta_tau_ps)
                     partial = Rollout(frames[:k + 1].copy(), dt * np.arange(k + 1), int(jump.total_retries()), dt,
-                                      traj_path)
+                                      traj_path, contact_counts(jump))
                     raise JumpFailedError(script_error_message(exc), completed_jumps=k, partial=partial) from None
                 frames[k + 1] = x.detach().cpu().numpy()
                 if writer is not None:
@@ -456,4 +521,14 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
         if writer is not None:
             writer.close()
     dt = float(jump.delta_tau_ps)
-    return Rollout(frames, dt * np.arange(n_jumps + 1), int(jump.total_retries()), dt, traj_path)
+    return Rollout(frames, dt * np.arange(n_jumps + 1), int(jump.total_retries()), dt, traj_path,
+                   contact_counts(jump))
+
+
+def contact_counts(jump: FlowJump) -> dict[str, int]:
+    """The propagator's contact-redraw counts so far ({} when the redraw is off)."""
+    p = jump.propagator
+    if int(p.contact_rounds) == 0:
+        return {}
+    return {"contact_rounds": int(p.contact_redraws), "contact_atoms": int(p.contact_atoms),
+            "contact_left": int(p.contact_left)}

@@ -134,6 +134,38 @@ def _cmd_adaptive_prior(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_contact(args: argparse.Namespace) -> int:
+    from engine_plugins.analysis.evaluate import EvaluationError, cases_of_split
+    from engine_plugins.data.trajectories import load_cases
+    from engine_plugins.methods.propagator.contact import ContactError, measure_min_distances, write_with_contact
+
+    try:
+        cases = load_cases(list(args.cases))
+        if args.split != "all":
+            from engine_plugins.export.artifact import read_metadata
+
+            train = set((read_metadata(args.model).provenance.get("split") or {}).get(args.split, []))
+            if not train:
+                raise EvaluationError(f"{args.model} records no '{args.split}' cases in provenance.split. Fix: pass "
+                                      "the cases to measure and --split all")
+            cases = [c for c in cases if c.case_id in train]
+            if not cases:
+                raise EvaluationError(f"none of the given cases is in the model's {args.split} split. Fix: pass the "
+                                      f"data it was trained on")
+        table = measure_min_distances(cases, every=args.every)
+        if args.fraction != 1.0:
+            table = {k: round(v * args.fraction, 3) for k, v in table.items()}
+        what = (f"{args.fraction:g} x the shortest distance per pair in every {args.every}th frame of "
+                f"{len(cases)} {args.split if args.split != 'all' else 'given'} case(s)")
+        write_with_contact(args.model, args.output, table, args.rounds, what)
+    except (ContactError, EvaluationError, OSError, ValueError) as exc:
+        print(f"engine-plugins contact: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.output}: role_fields.contact = min_distance {table} (angstrom), rounds {args.rounds}; "
+          f"measured on {what}")
+    return 0
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from engine_plugins.methods.gpff.commands import generate_main
 
@@ -265,6 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reference-ps", type=float, default=10.0,
                    help="ps at the start of each reference run to measure on (default 10)")
     s.set_defaults(func=_cmd_adaptive_prior)
+    s = sub.add_parser("contact", help="a propagator's contact redraw: measure the shortest distance of every "
+                       "species pair in its training MD and write a copy of the artifact that carries it")
+    s.add_argument("model", help="propagator artifact")
+    s.add_argument("cases", nargs="+", help="reference case directories (case.json) or their parent/manifest")
+    s.add_argument("--output", required=True, help="the new artifact (.pt)")
+    s.add_argument("--rounds", type=int, default=6, help="contact rounds per jump (default 6)")
+    s.add_argument("--split", default="train", help="measure on the cases of this split of the model's "
+                   "provenance.split (default train), or 'all' given cases")
+    s.add_argument("--every", type=int, default=10, help="every n-th frame (default 10)")
+    s.add_argument("--fraction", type=float, default=1.0, help="bound = this fraction of the measured distance")
+    s.set_defaults(func=_cmd_contact)
 
     from engine_plugins.methods.gpff import cli_args as gpff_args
 

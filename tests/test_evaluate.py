@@ -361,3 +361,48 @@ def _propagator_stub(tmp_path: Path, delta_tau: float = 0.1, temperature_range=(
                                          **role_fields},
                             provenance={"split": split} if split else {})
     return export_artifact(torch.jit.script(PairRelaxPropagator()), meta, tmp_path / f"prop_{delta_tau:g}.pt")
+
+
+def test_contact_command_measures_the_training_runs_and_every_engine_redraws_alike(tiny_case, tmp_path,
+                                                                                   lammps_plugin, capsys):
+    """`engine-plugins contact`: the shortest distance per species pair over the model's train cases
+    (against numpy minimum-image distances), written into a copy of the artifact; its contact redraw
+    then runs alike in the standalone sampler, OpenMM and LAMMPS."""
+    from engine_plugins.analysis.rollout import run
+    from engine_plugins.cli import main
+    from engine_plugins.export.artifact import read_metadata
+    from engine_plugins.methods.propagator.sampler import propagate
+
+    model = _propagator_stub(tmp_path, split={"train": [tiny_case.case_id], "test": ["other"]})
+    out = tmp_path / "with_contact.pt"
+    assert main(["contact", str(model), str(tiny_case.topology.parent), "--output", str(out), "--every", "1",
+                 "--fraction", "1.2", "--rounds", "2"]) == 0
+    contact = read_metadata(out).role_fields["contact"]
+    ref = read_reference(tiny_case)
+    sp = np.array(ref.species)
+    expected: dict[str, float] = {}
+    for x, box in zip(ref.positions, ref.boxes):
+        length = np.diag(box)
+        d = x[:, None] - x[None]
+        d = np.linalg.norm(d - length * np.round(d / length), axis=-1)
+        np.fill_diagonal(d, np.inf)
+        for a, b in (("Fw", "Fw"), ("Fw", "Li"), ("Li", "Li")):
+            key = f"{a}-{b}"
+            expected[key] = min(expected.get(key, np.inf), d[np.ix_(sp == a, sp == b)].min())
+    assert set(contact["min_distance"]) == set(expected) and contact["rounds"] == 2
+    for key, value in expected.items():
+        assert contact["min_distance"][key] == pytest.approx(1.2 * value, abs=1e-3)
+    # 1.2 x the reference's own shortest distances: the crystal has contacts, so every jump redraws
+    direct = propagate(out, ref.positions[0], ref.species, ref.boxes[0], tiny_case.temperature, n_jumps=3, seed=5,
+                       progress=False)
+    assert direct.contact["contact_rounds"] >= 3
+    plain = propagate(model, ref.positions[0], ref.species, ref.boxes[0], tiny_case.temperature, n_jumps=3, seed=5,
+                      progress=False)
+    assert np.abs(plain.positions - direct.positions).max() > 1e-3
+    for engine in ("openmm", "lammps"):
+        got = run(engine, out, tiny_case, 3, seed=5, out_dir=tmp_path / "ro", progress=False, reference=ref).read()
+        assert np.abs(got.positions - got.positions[0] - (direct.positions - direct.positions[0])).max() < 1e-3, engine
+    # a model that records no split needs --split all
+    bare = _propagator_stub(tmp_path, delta_tau=0.2)
+    assert main(["contact", str(bare), str(tiny_case.topology.parent), "--output", str(tmp_path / "x.pt")]) == 2
+    assert "records no 'train' cases" in capsys.readouterr().err

@@ -400,8 +400,11 @@ def test_contact_command_measures_the_training_runs_and_every_engine_redraws_ali
                       progress=False)
     assert np.abs(plain.positions - direct.positions).max() > 1e-3
     for engine in ("openmm", "lammps"):
-        got = run(engine, out, tiny_case, 3, seed=5, out_dir=tmp_path / "ro", progress=False, reference=ref).read()
+        ro = run(engine, out, tiny_case, 3, seed=5, out_dir=tmp_path / "ro", progress=False, reference=ref)
+        got = ro.read()
         assert np.abs(got.positions - got.positions[0] - (direct.positions - direct.positions[0])).max() < 1e-3, engine
+    assert ro.info["contact_rounds"] == direct.contact["contact_rounds"]   # LAMMPS's f_prop[6] in thermo
+    assert ro.info["contact_left"] == direct.contact["contact_left"]
     # a model that records no split needs --split all
     bare = _propagator_stub(tmp_path, delta_tau=0.2)
     assert main(["contact", str(bare), str(tiny_case.topology.parent), "--output", str(tmp_path / "x.pt")]) == 2

@@ -375,6 +375,19 @@ def _prior_lines(report: dict[str, Any]) -> list[str]:
         f"{cid} " + ", ".join(f"{t} {_fmt(v)}" for t, v in p.items()) for cid, p in picks.items())]
 
 
+def _contact_lines(report: dict[str, Any]) -> list[str]:
+    """The contact redraw's counts, when the rollouts ran with one."""
+    rows = {cid: r.get("rollout", {}) for cid, r in report["cases"].items()}
+    rows = {cid: ro for cid, ro in rows.items() if "contact_rounds" in ro}
+    if not rows:
+        return []
+    jumps = sum(int(ro.get("n_jumps", 0)) for ro in rows.values())
+    rounds = sum(int(ro["contact_rounds"]) for ro in rows.values())
+    left = sum(int(ro.get("contact_left", 0)) for ro in rows.values())
+    return [f"- contact redraw: {rounds} rounds in {jumps} jumps ({_fmt(rounds / max(jumps, 1))} per jump); "
+            f"{left} jumps accepted with a contact left after the last round"]
+
+
 def _closest_line(agg: dict[str, Any]) -> str:
     floor = (agg.get("noise_floor") or {}).get("frames_below_reference_closest_mean")
     return (f"- closest approach: learned frames with some species pair closer than the reference ever comes: "
@@ -412,7 +425,8 @@ def markdown_summary(report: dict[str, Any]) -> str:
               f"worst pair {_fmt(agg['rdf_jsd_max'])} (target ≤ 0.02)",
               _closest_line(agg),
               f"- centre-of-mass drift: at most {_fmt(agg['com_drift_max'])} Å; non-finite frames: "
-              f"{agg['nonfinite_frames']}; lost atoms: {agg['lost_atoms']}"] + _prior_lines(report)
+              f"{agg['nonfinite_frames']}; lost atoms: {agg['lost_atoms']}"]
+    lines += _prior_lines(report) + _contact_lines(report)
     if agg.get("noise_floor"):
         nf = agg["noise_floor"]
         lines.append(f"- noise floor (reference first half vs second half): RDF JSD {_fmt(nf['rdf_jsd_mean'])}, "
@@ -456,7 +470,7 @@ def card_section(report: dict[str, Any], title: str | None = None) -> str:
     lines.append(_closest_line(agg))
     lines.append(f"- centre-of-mass drift ≤ {_fmt(agg['com_drift_max'])} Å; non-finite frames {agg['nonfinite_frames']}; "
                  f"lost atoms {agg['lost_atoms']}")
-    lines += _prior_lines(report)
+    lines += _prior_lines(report) + _contact_lines(report)
     if agg.get("noise_floor"):
         nf = agg["noise_floor"]
         lines.append(f"- noise floor (reference first vs second half): RDF JSD {_fmt(nf['rdf_jsd_mean'])}; median "

@@ -454,7 +454,23 @@ def lammps_propagate_input(model: Path, start: RolloutStart, n_jumps: int, seed:
         f"fix prop all ep/propagate {Path(model).resolve()} types {' '.join(start.type_names)} "
         f"temp {start.temperature:.17g} seed {seed}{extra} threads 1",
         f"dump traj all custom {dump_every} traj.lammpstrj id type x y z ix iy iz", "dump_modify traj sort id format float %.10g",
+        "thermo_style custom step f_prop[1] f_prop[6] f_prop[7]",
         f"thermo {max(1, n_jumps // 20)}", f"run {n_jumps}", ""])
+
+
+def lammps_counters(stdout: str, n_jumps: int) -> dict[str, int]:
+    """Redraw and contact counts of the fix at the last step, from the thermo rows of
+    :func:`lammps_propagate_input` (``step f_prop[1] f_prop[6] f_prop[7]``)."""
+    import re
+
+    rows = re.findall(rf"^\s*{int(n_jumps)}\s+([-0-9.eE+]+)\s+([-0-9.eE+]+)\s+([-0-9.eE+]+)\s*$", stdout, re.M)
+    if not rows:
+        return {}
+    retries, rounds, left = (int(round(float(v))) for v in rows[-1])
+    out = {"retries": retries}
+    if "contact redraw: up to" in stdout:
+        out.update({"contact_rounds": rounds, "contact_left": left})
+    return out
 
 
 @adapter("lammps")
@@ -499,4 +515,4 @@ def _lammps(model: Path, start: RolloutStart, n_jumps: int, seed: int, corrector
     case_json = case({"wall_seconds": wall, "loop_seconds": float(loop[-1]) if loop else None})
     return Rollout("lammps", start.case_id, directory, case_json, n_jumps, dtau, seed, wall, "images",
                    {"ranks": ranks, "loop_seconds": float(loop[-1]) if loop else None,
-                    "corrector": str(corrector) if corrector else None})
+                    "corrector": str(corrector) if corrector else None, **lammps_counters(run_out.stdout, n_jumps)})

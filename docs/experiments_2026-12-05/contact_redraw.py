@@ -95,9 +95,10 @@ _orig = S.build_flow_jump
 
 
 def patched(prop, corr=None, flow_steps=None, solver=None, corrector_flow_steps=None, corrector_solver=None,
-            script=True, prior_scale=None):
+            script=True, prior_scale=None, contact_rounds=None):
+    # contact_rounds 0: the package's own contact redraw (2ce2276, after this experiment) stays off here
     inner = _orig(prop, corr, flow_steps, solver, corrector_flow_steps, corrector_solver, script=False,
-                  prior_scale=prior_scale)
+                  prior_scale=prior_scale, contact_rounds=0)
     return ContactJump(inner, S._artifact(prop).metadata.type_names)
 
 

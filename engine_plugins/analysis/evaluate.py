@@ -639,7 +639,8 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
               "mobile_species": mobile, "settings": {"r_max": r_max, "nbins": nbins, "fit_range": list(fit_range),
                                                      "lag_fraction": lag_fraction, "duration_factor": duration_factor,
                                                      "jumps": jumps, "adaptive_prior_ps": adaptive_prior,
-                                                     "prior_scale": (engine_options or {}).get("prior_scale")},
+                                                     "prior_scale": (engine_options or {}).get("prior_scale"),
+                                                     "contact_rounds": (engine_options or {}).get("contact_rounds")},
               "targets": TARGETS, "cases": results, "failed": failed}
     if not results:
         raise EvaluationError("every rollout failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))

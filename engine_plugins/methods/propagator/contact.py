@@ -72,23 +72,29 @@ def contact_rounds(contact: Mapping[str, Any] | None, override: int | None = Non
 
 def measure_min_distances(cases: Sequence[Any], every: int = 10) -> dict[str, float]:
     """Shortest distance (Å) of every species pair over every ``every``-th frame of ``cases``
-    (:class:`~engine_plugins.data.trajectories.TrajectoryCase`), minimum image, with MDAnalysis."""
+    (:class:`~engine_plugins.data.trajectories.TrajectoryCase`; CG cases as beads, through their
+    mapping, as the model sees them), minimum image, with MDAnalysis's distance functions."""
     from MDAnalysis.lib.distances import distance_array, self_distance_array
+    from MDAnalysis.lib.mdamath import triclinic_box
+
+    from engine_plugins.analysis.rollout import read_reference
 
     out: dict[str, float] = {}
     for case in cases:
-        u = case.universe()
-        names = sorted(set(case.type_map.values()))
-        sel = {sp: u.select_atoms("type " + " ".join(k for k, v in case.type_map.items() if v == sp))
-               for sp in names}
-        for ts in u.trajectory[::every]:
+        ref = read_reference(case, step=every)
+        species = np.array(ref.species)
+        names = sorted(set(ref.species))
+        for f in range(ref.n_frames):
+            box = None if ref.boxes is None else triclinic_box(*ref.boxes[f])
+            pos = ref.positions[f].astype(np.float64)
             for a, b in itertools.combinations_with_replacement(names, 2):
+                pa, pb = pos[species == a], pos[species == b]
                 if a == b:
-                    if len(sel[a]) < 2:
+                    if len(pa) < 2:
                         continue
-                    d = self_distance_array(sel[a].positions, box=ts.dimensions)
+                    d = self_distance_array(pa, box=box)
                 else:
-                    d = distance_array(sel[a].positions, sel[b].positions, box=ts.dimensions)
+                    d = distance_array(pa, pb, box=box)
                 key = pair_key(a, b)
                 out[key] = min(out.get(key, np.inf), float(d.min()))
     return {k: round(v, 3) for k, v in sorted(out.items())}

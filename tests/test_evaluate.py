@@ -409,3 +409,24 @@ def test_contact_command_measures_the_training_runs_and_every_engine_redraws_ali
     bare = _propagator_stub(tmp_path, delta_tau=0.2)
     assert main(["contact", str(bare), str(tiny_case.topology.parent), "--output", str(tmp_path / "x.pt")]) == 2
     assert "records no 'train' cases" in capsys.readouterr().err
+
+
+def test_contact_distances_of_a_cg_case_are_between_beads():
+    """A CG case (all-atom OpenMM water, residue mapping) is measured as the model sees it: between the
+    bead centres (numpy minimum image over the mapped reference), not between atoms (O-H ~1 Å)."""
+    from _md_runs import water_run
+    from engine_plugins.methods.propagator.contact import measure_min_distances
+
+    case = load_cases(water_run())[0]
+    ref = read_reference(case)
+    assert set(ref.species) == {"HOH"}
+    got = measure_min_distances([case], every=1)
+    expected = np.inf
+    for x, box in zip(ref.positions, ref.boxes):
+        length = np.diag(box)
+        d = x[:, None] - x[None]
+        d = np.linalg.norm(d - length * np.round(d / length), axis=-1)
+        np.fill_diagonal(d, np.inf)
+        expected = min(expected, d.min())
+    assert list(got) == ["HOH-HOH"] and got["HOH-HOH"] == pytest.approx(expected, abs=1e-3)
+    assert got["HOH-HOH"] > 2.0

@@ -142,16 +142,7 @@ def _cmd_contact(args: argparse.Namespace) -> int:
     try:
         cases = load_cases(list(args.cases))
         if args.split != "all":
-            from engine_plugins.export.artifact import read_metadata
-
-            train = set((read_metadata(args.model).provenance.get("split") or {}).get(args.split, []))
-            if not train:
-                raise EvaluationError(f"{args.model} records no '{args.split}' cases in provenance.split. Fix: pass "
-                                      "the cases to measure and --split all")
-            cases = [c for c in cases if c.case_id in train]
-            if not cases:
-                raise EvaluationError(f"none of the given cases is in the model's {args.split} split. Fix: pass the "
-                                      f"data it was trained on")
+            cases = cases_of_split(cases, args.model, args.split)
         table = measure_min_distances(cases, every=args.every)
         if args.fraction != 1.0:
             table = {k: round(v * args.fraction, 3) for k, v in table.items()}
@@ -302,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="propagator artifact")
     s.add_argument("cases", nargs="+", help="reference case directories (case.json) or their parent/manifest")
     s.add_argument("--output", required=True, help="the new artifact (.pt)")
-    s.add_argument("--rounds", type=int, default=6, help="contact rounds per jump (default 6)")
+    s.add_argument("--rounds", type=int, default=3, help="contact rounds per jump (default 3, the transport "
+                   "model's pick on its validation materials; 0 stores the distances with the redraw off)")
     s.add_argument("--split", default="train", help="measure on the cases of this split of the model's "
                    "provenance.split (default train), or 'all' given cases")
     s.add_argument("--every", type=int, default=10, help="every n-th frame (default 10)")

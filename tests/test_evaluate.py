@@ -408,7 +408,7 @@ def test_contact_command_measures_the_training_runs_and_every_engine_redraws_ali
     # a model that records no split needs --split all
     bare = _propagator_stub(tmp_path, delta_tau=0.2)
     assert main(["contact", str(bare), str(tiny_case.topology.parent), "--output", str(tmp_path / "x.pt")]) == 2
-    assert "records no 'train' cases" in capsys.readouterr().err
+    assert "records no provenance.split" in capsys.readouterr().err
 
 
 def test_contact_distances_of_a_cg_case_are_between_beads():

@@ -519,11 +519,11 @@ def _rollout_case_for(rollouts: Path, case_id: str) -> Path:
     return found[0]
 
 
-SPLITS = {"test": ("test",), "val": ("val",), "held-out": ("test", "val")}
+SPLITS = {"test": ("test",), "val": ("val",), "held-out": ("test", "val"), "train": ("train",)}
 
 
 def cases_of_split(case_list: list[TrajectoryCase], model: str | None, split: str) -> list[TrajectoryCase]:
-    """The cases of ``split`` (test, val or held-out = test + val) recorded in the model's
+    """The cases of ``split`` (test, val, held-out = test + val, or train) recorded in the model's
     ``provenance.split`` (written by ``engine-plugins train propagator``), in that order."""
     from engine_plugins.export.artifact import read_metadata
 

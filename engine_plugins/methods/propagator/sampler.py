@@ -155,10 +155,11 @@ class FlowSampler(torch.nn.Module):
         failures = 0
         rounds = 0
         while failures < self.max_attempts:
-            z = torch.empty(n, 3, dtype=torch.float64, device=x_cond.device)
-            if n > 0:
-                lo, hi = int(attempts.min()), int(attempts.max())
-                for a in range(lo, hi + 1):
+            if rounds == 0:  # every atom has the same counter (the failed draws so far): one call
+                z = counter_normal(seed, step, tags, failures + self.attempt_offset)
+            else:
+                z = torch.empty(n, 3, dtype=torch.float64, device=x_cond.device)
+                for a in range(failures, failures + rounds + 1):
                     sel = attempts == a
                     if bool(sel.any()):
                         z[sel] = counter_normal(seed, step, tags[sel], a + self.attempt_offset)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from _md_runs import TRANSPORT_MATERIAL, TRANSPORT_T, transport_run
-from engine_plugins.analysis.evaluate import EvaluationError, compare, evaluate
+from engine_plugins.analysis.evaluate import EvaluationError, compare, evaluate, noise_floor
 from engine_plugins.analysis.observables import (ClosestApproach, ObservableError, RadiusOfGyration, SpeciesMSD, SpeciesRDF,
                                                  diffusivity, median_relative_error, msd_fft, rdf_jsd, spearman,
                                                  trajectory_universe)
@@ -171,6 +171,27 @@ def test_compare_a_trajectory_with_itself_and_with_fewer_atoms(tiny_traj):
                     masses=tiny_traj.masses[:-1])
     with pytest.raises(EvaluationError, match="lost atoms"):
         compare(tiny_traj, fewer, mobile=["Li"])
+
+
+def test_noise_floor_compares_the_halves_at_the_lag_the_evaluation_reads(tiny_traj):
+    def msd_numpy(x: np.ndarray, masses: np.ndarray, sel: np.ndarray, k: int) -> float:
+        com = (x * masses[None, :, None]).sum(1) / masses.sum()
+        y = (x - com[:, None])[:, sel]
+        return float(np.mean(np.sum((y[k:] - y[:-k]) ** 2, axis=-1)))
+
+    n, dt = tiny_traj.n_frames, float(tiny_traj.times[1] - tiny_traj.times[0])
+    h = n // 2
+    li = np.asarray(tiny_traj.species) == "Li"
+    for fraction in (0.25, 1.0):
+        k = min(int(np.floor(fraction * (n - 1) + 1e-6)), h)  # the evaluation's lag, at most a half's length
+        a = msd_numpy(tiny_traj.positions[: h + 1], tiny_traj.masses, li, k)
+        b = msd_numpy(tiny_traj.positions[h: 2 * h + 1], tiny_traj.masses, li, k)
+        nf = noise_floor(tiny_traj, mobile=["Li"], r_max=5.5, nbins=40, fit_range=(0.2, 0.8), lag_fraction=fraction)
+        assert nf["t_compare"] == pytest.approx(k * dt, rel=1e-9)
+        assert nf["relative_msd_difference"]["Li"] == pytest.approx(abs(b - a) / a, rel=1e-5)
+    short = noise_floor(tiny_traj, mobile=["Li"], r_max=5.5, nbins=40, fit_range=(0.2, 0.8), lag_fraction=0.25)
+    full = noise_floor(tiny_traj, mobile=["Li"], r_max=5.5, nbins=40, fit_range=(0.2, 0.8))
+    assert short["t_compare"] < full["t_compare"]  # the lag follows the evaluation's, not always the half's end
 
 
 def test_evaluate_cli_on_an_independent_tiny_run(tiny_case, tmp_path):

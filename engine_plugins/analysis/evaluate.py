@@ -191,13 +191,18 @@ def compare(ref: UnwrappedTrajectory, learned: UnwrappedTrajectory, *, mobile: S
 
 
 def noise_floor(ref: UnwrappedTrajectory, *, mobile: Sequence[str], r_max: float, nbins: int,
-                fit_range: tuple[float, float]) -> dict[str, Any]:
-    """The same figures between the first and second half of a reference (what chance alone gives)."""
+                fit_range: tuple[float, float], lag_fraction: float = 1.0) -> dict[str, Any]:
+    """The same figures between the first and second half of a reference (what chance alone gives).
+
+    The MSD is compared at the lag the evaluation uses (``lag_fraction`` of the whole reference),
+    or at the half's longest lag when that is shorter: a floor read at another lag would not be
+    the floor of the figure it stands beside."""
     h = ref.n_frames // 2
     if h < 3:
         return {}
     a, b = _subset(ref, slice(0, h + 1)), _subset(ref, slice(h, 2 * h + 1))
-    c = compare(a, b, mobile=mobile, r_max=r_max, nbins=nbins, fit_range=fit_range)
+    c = compare(a, b, mobile=mobile, r_max=r_max, nbins=nbins, fit_range=fit_range,
+                lag_fraction=min(1.0, lag_fraction * (ref.n_frames - 1) / h))
     return {"t_compare": c["t_compare"],
             "relative_msd_difference": {s: v["relative_error"] for s, v in c["species"].items()},
             "rdf_jsd_mean": c.get("rdf", {}).get("jsd_mean", float("nan")),
@@ -223,6 +228,16 @@ def bead_chains(case: TrajectoryCase) -> list[np.ndarray]:
     pairs = {(int(min(a2b[i], a2b[j])), int(max(a2b[i], a2b[j]))) for i, j in u.bonds.indices
              if a2b[i] >= 0 and a2b[j] >= 0 and a2b[i] != a2b[j]}
     return chains_from_bonds(cg.n_beads, sorted(pairs)) if pairs else []
+
+
+def _floor_line(nf: dict[str, Any]) -> str:
+    """The noise-floor line of the summaries: what the reference's two halves give at the compared lag."""
+    lag = nf.get("t_compare")
+    at = f" (MSD at {_fmt(lag[0])}–{_fmt(lag[1])} ps)" if lag and lag[0] != lag[1] else \
+        (f" (MSD at {_fmt(lag[0])} ps)" if lag else "")
+    return (f"- noise floor (reference first half vs second half): RDF JSD {_fmt(nf['rdf_jsd_mean'])}; median "
+            "relative MSD difference " + ", ".join(f"{s} {_fmt(v, '.1%')}"
+                                                  for s, v in nf["median_relative_msd_difference"].items()) + at)
 
 
 # ------------------------------------------------------------------------------------ across cases
@@ -263,7 +278,8 @@ def aggregate(results: dict[str, dict[str, Any]], mobile: Sequence[str]) -> dict
                 [f.get("frames_below_reference_closest", np.nan) for f in floors])),
             "median_relative_msd_difference": {s: median_relative_error(
                 [1.0 + f["relative_msd_difference"].get(s, np.nan) for f in floors], [1.0] * len(floors))
-                for s in mobile}}
+                for s in mobile},
+            "t_compare": [float(min(f["t_compare"] for f in floors)), float(max(f["t_compare"] for f in floors))]}
     first = next(iter(out["per_species"].values()), {})
     out["targets"] = {
         "spearman_log_msd >= 0.8": bool(first.get("spearman_log_msd", -1) >= TARGETS["spearman_log_msd"]),
@@ -429,9 +445,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
     lines += _prior_lines(report) + _contact_lines(report)
     if agg.get("noise_floor"):
         nf = agg["noise_floor"]
-        lines.append(f"- noise floor (reference first half vs second half): RDF JSD {_fmt(nf['rdf_jsd_mean'])}, "
-                     "median relative MSD difference " + ", ".join(
-                         f"{s} {_fmt(v, '.1%')}" for s, v in nf["median_relative_msd_difference"].items()))
+        lines.append(_floor_line(nf))
     lines += ["", "## Definitions", "",
               "- MSD about the system's centre of mass, averaged over atoms of the species and all time origins; "
               "t_ref = the reference's longest lag (× lag fraction); the learned curve is read at its largest lag "
@@ -473,9 +487,7 @@ def card_section(report: dict[str, Any], title: str | None = None) -> str:
     lines += _prior_lines(report) + _contact_lines(report)
     if agg.get("noise_floor"):
         nf = agg["noise_floor"]
-        lines.append(f"- noise floor (reference first vs second half): RDF JSD {_fmt(nf['rdf_jsd_mean'])}; median "
-                     "relative MSD difference " + ", ".join(f"{s} {_fmt(v, '.1%')}"
-                                                           for s, v in nf["median_relative_msd_difference"].items()))
+        lines.append(_floor_line(nf))
     return "\n".join(lines) + "\n"
 
 
@@ -627,7 +639,8 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
         r = compare(ref, learned, mobile=mob, r_max=r_max, nbins=nbins, fit_range=fit_range,
                     lag_fraction=lag_fraction, chains=chains or None)
         r.update({"temperature": case.temperature, "composition": case.composition, "rollout": ro_info,
-                  "noise_floor": noise_floor(ref, mobile=mob, r_max=r_max, nbins=nbins, fit_range=fit_range)})
+                  "noise_floor": noise_floor(ref, mobile=mob, r_max=r_max, nbins=nbins, fit_range=fit_range,
+                                                lag_fraction=lag_fraction)})
         if not chains:
             r["rg"] = "no chains (atoms, or one bead per molecule)"
         results[case.case_id] = r
@@ -753,9 +766,7 @@ def main(args: argparse.Namespace) -> int:
             print(lines[-1][2:])
         nf = next(iter(reports.values()))["aggregate"].get("noise_floor")
         if nf:
-            lines.append(f"- noise floor (reference first vs second half): RDF JSD {_fmt(nf['rdf_jsd_mean'])}; "
-                         "median relative MSD difference " + ", ".join(
-                             f"{sp} {_fmt(v, '.1%')}" for sp, v in nf["median_relative_msd_difference"].items()))
+            lines.append(_floor_line(nf))
         (Path(args.output) / "engines.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.output} (evaluation.json, summary.md, PNGs{', engines.json/md' if len(reports) > 1 else ''}; "
           f"{time.perf_counter() - t0:.1f} s)")

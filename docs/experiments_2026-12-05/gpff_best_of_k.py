@@ -38,5 +38,4 @@ out = {"nfe": nfe, "K": K, "renoise": renoise, "per_chain": V.mean(1).tolist(), 
 from scipy.stats import mannwhitneyu
 ev, ei_ = E[V], E[~V]
 out["auc_energy_valid_lower"] = float(mannwhitneyu(ei_, ev).statistic / (len(ev) * len(ei_))) if len(ev) and len(ei_) else None
-# energy per atom relative within molecule
 print(json.dumps(out))

@@ -28,7 +28,8 @@ import torch
 
 from engine_plugins.analysis.rollout import read_reference
 from engine_plugins.data.trajectories import load_cases
-from engine_plugins.methods.propagator.sampler import _artifact, build_flow_sampler
+from engine_plugins.export.artifact import load_artifact
+from engine_plugins.methods.propagator.sampler import build_flow_sampler
 
 
 def main() -> None:
@@ -50,7 +51,7 @@ def main() -> None:
         y = x - x[fw].mean(0)
         return float(((y[fw] - site[fw]) ** 2).sum(-1).mean())
 
-    prop_art = _artifact(args.propagator)
+    prop_art = load_artifact(args.propagator)
     names = prop_art.metadata.type_names
     types = torch.tensor([names.index(s) for s in ref.species])
     temp = torch.tensor(float(case.temperature), dtype=torch.float64)
@@ -58,7 +59,7 @@ def main() -> None:
     corrs = {}
     for spec in args.corrector:
         path, steps, solver = (spec.split(":") + ["", ""])[:3]
-        corrs[spec] = build_flow_sampler(_artifact(path), "corrector", int(steps) if steps else None, solver or None)
+        corrs[spec] = build_flow_sampler(path, "corrector", int(steps) if steps else None, solver or None)
 
     frames = list(range(100, len(pos), max(1, (len(pos) - 100) // args.frames)))[: args.frames]
     rows: dict[str, list[float]] = {"reference frames": [], "propagator jump": []}

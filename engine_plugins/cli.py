@@ -157,6 +157,21 @@ def _cmd_contact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_corrector_passes(args: argparse.Namespace) -> int:
+    from engine_plugins.export.artifact import ArtifactError, copy_with_role_fields, load_artifact
+    from engine_plugins.methods.propagator.sampler import SamplerError, passes_of
+
+    try:
+        passes_of(load_artifact(args.model), "corrector", args.passes)  # checks the number
+        copy_with_role_fields(args.model, args.output, {"passes": int(args.passes)}, role="corrector")
+    except (ArtifactError, SamplerError, OSError) as exc:
+        print(f"engine-plugins corrector-passes: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.output}: role_fields.passes = {args.passes} (the corrector runs {args.passes} time(s) per jump "
+          "in every engine unless corrector_passes says otherwise)")
+    return 0
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from engine_plugins.methods.gpff.commands import generate_main
 
@@ -300,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--every", type=int, default=10, help="every n-th frame (default 10)")
     s.add_argument("--fraction", type=float, default=1.0, help="bound = this fraction of the measured distance")
     s.set_defaults(func=_cmd_contact)
+    s = sub.add_parser("corrector-passes", help="write a copy of a corrector artifact that runs N passes per jump "
+                       "(role_fields.passes; same weights)")
+    s.add_argument("model", help="corrector artifact")
+    s.add_argument("passes", type=int, help="passes per jump (1..16)")
+    s.add_argument("--output", required=True, help="the new artifact (.pt)")
+    s.set_defaults(func=_cmd_corrector_passes)
 
     from engine_plugins.methods.gpff import cli_args as gpff_args
 

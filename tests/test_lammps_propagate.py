@@ -173,6 +173,28 @@ def test_heun_and_corrector_jump_matches_standalone_sampler(one_and_two_ranks, m
 
 
 @pytest.mark.mpi
+def test_corrector_passes_one_rank_equals_two_ranks_and_sampler(models, system):
+    """'corrector_passes 3': the corrector runs three times per jump (each on the frame the last pass
+    left, own noise stream); 1 rank = 2 ranks = the standalone FlowJump with corrector_passes=3."""
+    sampler = pytest.importorskip("engine_plugins.methods.propagator.sampler")
+    kw = {"corrector": models["corrector"], "extra": "corrector_passes 3"}
+    one = run(models["relax"], system, 3, **kw)
+    two = run(models["relax"], system, 3, nprocs=2, in_process=False, **kw)
+    assert np.abs(one.frames - two.frames).max() <= 1e-10
+    assert "3 passes per jump" in one.log
+    jump = sampler.build_flow_jump(models["relax"], models["corrector"], corrector_passes=3)
+    single = sampler.build_flow_jump(models["relax"], models["corrector"])
+    x = x1 = torch.tensor(system.positions, dtype=torch.float64)
+    box = torch.tensor(system.box, dtype=torch.float64)
+    temp = torch.tensor(TEMP, dtype=torch.float64)
+    for k in range(3):
+        x = jump(x, torch.tensor(system.types), box, temp, SEED, k + 1)
+        assert np.abs(one.frames[k + 1] - x.numpy()).max() <= 1e-10
+    x1 = single(x1, torch.tensor(system.types), box, temp, SEED, 1)
+    assert np.abs(one.frames[1] - x1.numpy()).max() > 1e-3   # the passes matter
+
+
+@pytest.mark.mpi
 def test_nequip_flow_model_one_rank_equals_two_ranks_and_sampler(system, tmp_path):
     """The real backbone (an untrained NequIP flow vector field, 2 layers, float64): LAMMPS on 1 and 2
     ranks and the standalone FlowJump give the same jumps."""
@@ -344,6 +366,8 @@ def test_corrector_must_have_role_corrector(models):
     (f"types Li Ar temp {TEMP} seed 1 prior_scale Xe 2", "prior_scale: 'Xe' is not a type of model"),
     (f"types Li Ar temp {TEMP} seed 1 prior_scale Li -1", "Illegal fix ep/propagate prior_scale Li -1"),
     (f"types Li Ar temp {TEMP} seed 1 contact_rounds -1", "Illegal fix ep/propagate contact_rounds -1"),
+    (f"types Li Ar temp {TEMP} seed 1 corrector_passes 2", "corrector_passes 2: there is no corrector"),
+    (f"types Li Ar temp {TEMP} seed 1 corrector_passes 0", "Illegal fix ep/propagate corrector_passes 0"),
 ])
 def test_bad_fix_arguments(models, rest, expected):
     assert expected in lammps_error(lammps_lines(fix_line(models["zero"], rest)))

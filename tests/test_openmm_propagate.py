@@ -105,6 +105,19 @@ def test_openmm_steps_equal_the_standalone_sampler(models, periodic, corrector, 
     assert np.abs(other[0] - ref[0]).max() > 1e-3
 
 
+def test_openmm_corrector_passes_equal_the_standalone_sampler(models):
+    """corrector_passes=3 runs inside the corrector's one force evaluation: the same jumps as the
+    standalone FlowJump with three passes, and not those of one pass."""
+    pos, types = system(seed=12)
+    got, ctx, setup = openmm_run(models["prop"], types, pos, True, 3, models["corr"], corrector_passes=3)
+    ref = standalone(models["prop"], types, pos, True, 3, models["corr"], corrector_passes=3)
+    one = standalone(models["prop"], types, pos, True, 1, models["corr"])
+    assert np.abs(got - ref).max() <= 1e-10
+    assert np.abs(ref[0] - one[0]).max() > 1e-3
+    with pytest.raises(LearnedPropagationError, match="without a corrector"):
+        openmm_run(models["prop"], types, pos, True, 1, None, corrector_passes=2)
+
+
 def test_app_layer_reporters_time_velocities_and_centre_of_mass(models, tmp_path):
     import MDAnalysis as mda
 

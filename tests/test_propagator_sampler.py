@@ -9,8 +9,8 @@ import torch
 from engine_plugins.export import ArtifactMetadata, export_artifact
 from engine_plugins.methods.propagator.analytic import PairRelaxPropagator
 from engine_plugins.methods.propagator.prior import maxwell_boltzmann_sigma
-from engine_plugins.methods.propagator.sampler import (CORRECTOR_ATTEMPT_OFFSET, JumpFailedError, SamplerError,
-                                                       build_flow_jump, propagate)
+from engine_plugins.methods.propagator.sampler import (CORRECTOR_ATTEMPT_OFFSET, PASS_ATTEMPT_STRIDE, JumpFailedError,
+                                                       SamplerError, build_flow_jump, build_flow_sampler, propagate)
 from engine_plugins.nn.counter_noise import counter_normal
 from engine_plugins.nn.graph import neighbor_graph
 
@@ -222,6 +222,71 @@ def test_corrector_uses_its_own_noise_stream(models):
     s = np.array([scale_c[NAMES[t]] / SCALE[NAMES[t]] for t in types])[:, None]
     corr = remove_mean(s * sigma_z(types, 600.0, 4, 1, CORRECTOR_ATTEMPT_OFFSET), types)
     assert np.abs(out - jumped - corr).max() < 1e-12
+
+
+def test_corrector_passes_draw_their_own_noise_streams(models, tmp_path):
+    """``corrector_passes=3`` (or ``role_fields.passes``): with v = 0 each pass adds its own prior
+    noise, pass p drawn with attempt 2**20 + p * 2**16 (contract), mean removed per pass."""
+    pos, types = system(seed=6)
+    jumped = run_jump(build_flow_jump(models["euler"]), pos, types, BOX, 600.0, 4, 1)
+    scale_c = {"Li": 0.3, "Ar": 0.2}
+    s = np.array([scale_c[NAMES[t]] / SCALE[NAMES[t]] for t in types])[:, None]
+    expected = jumped + sum(remove_mean(s * sigma_z(types, 600.0, 4, 1, CORRECTOR_ATTEMPT_OFFSET + p * PASS_ATTEMPT_STRIDE),
+                                        types) for p in range(3))
+    out = run_jump(build_flow_jump(models["euler"], corrector=models["zero_corr"], corrector_passes=3),
+                   pos, types, BOX, 600.0, 4, 1)
+    assert np.abs(out - expected).max() < 1e-12
+    meta3 = export_field(tmp_path / "zc3.pt", PairRelaxPropagator(strength=0.0, drift=0.0), role="corrector",
+                         scale=scale_c, passes=3)
+    from_meta = run_jump(build_flow_jump(models["euler"], corrector=meta3), pos, types, BOX, 600.0, 4, 1)
+    assert np.abs(from_meta - out).max() == 0.0
+
+
+def test_a_second_pass_corrects_the_corrected_frame(models, tmp_path):
+    """With a real field, pass 2 is the corrector loop again on pass 1's output (its graph and x_cond),
+    as two single-pass corrector calls composed by hand."""
+    corr = export_field(tmp_path / "corr.pt", PairRelaxPropagator(strength=0.3, drift=0.2), role="corrector")
+    pos, types = system(seed=4)
+    box = torch.eye(3, dtype=torch.float64) * BOX
+    temp = torch.full((len(pos),), 600.0, dtype=torch.float64)
+    t = torch.tensor(types)
+    jumped = torch.tensor(run_jump(build_flow_jump(models["euler"]), pos, types, BOX, 600.0, 5, 2))
+    one = build_flow_sampler(corr, "corrector")
+    x1 = jumped + one(jumped, t, box, temp, 5, 2)
+    one.attempt_offset = CORRECTOR_ATTEMPT_OFFSET + PASS_ATTEMPT_STRIDE
+    x2 = x1 + one(x1, t, box, temp, 5, 2)
+    two = run_jump(build_flow_jump(models["euler"], corr, corrector_passes=2), pos, types, BOX, 600.0, 5, 2)
+    assert np.abs(two - x2.numpy()).max() < 1e-12
+    assert np.abs(two - x1.numpy()).max() > 1e-3
+
+
+def test_bad_corrector_passes(models, tmp_path):
+    for bad in (0, 17):
+        with pytest.raises(SamplerError, match=r"passes must lie in 1\.\.16"):
+            build_flow_jump(models["euler"], models["zero_corr"], corrector_passes=bad)
+    with pytest.raises(SamplerError, match="without a corrector"):
+        build_flow_jump(models["euler"], corrector_passes=2)
+    prop2 = export_field(tmp_path / "p2.pt", PairRelaxPropagator(strength=0.0, drift=0.0), passes=2)
+    with pytest.raises(SamplerError, match="only a corrector runs several passes"):
+        build_flow_jump(prop2)
+
+
+def test_corrector_passes_command_writes_them_into_the_artifact(models, tmp_path, capsys):
+    from engine_plugins.cli import main
+    from engine_plugins.export.artifact import read_metadata
+
+    out = tmp_path / "zc4.pt"
+    assert main(["corrector-passes", str(models["zero_corr"]), "4", "--output", str(out)]) == 0
+    assert read_metadata(out).role_fields["passes"] == 4
+    pos, types = system(seed=2)
+    a = run_jump(build_flow_jump(models["euler"], out), pos, types, BOX, 600.0, 1, 3)
+    b = run_jump(build_flow_jump(models["euler"], models["zero_corr"], corrector_passes=4), pos, types, BOX, 600.0, 1, 3)
+    assert np.abs(a - b).max() == 0.0
+    capsys.readouterr()
+    assert main(["corrector-passes", str(models["zero_corr"]), "20", "--output", str(tmp_path / "x.pt")]) == 2
+    assert "1..16" in capsys.readouterr().err
+    assert main(["corrector-passes", str(models["euler"]), "2", "--output", str(tmp_path / "y.pt")]) == 2
+    assert "role 'propagator'" in capsys.readouterr().err and not (tmp_path / "y.pt").exists()
 
 
 def test_propagate_rollout_trajectory_and_continuation(models, tmp_path):

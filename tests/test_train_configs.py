@@ -44,3 +44,19 @@ def test_a_config_with_an_unknown_key_is_rejected():
     d["train"] = {**d["train"], "stepz": 10}
     with pytest.raises(ValueError, match="stepz"):
         FlowTrainConfig.from_dict(d)
+
+
+def test_export_passes_belong_to_a_corrector():
+    """export.passes (a corrector's passes per jump) is checked when the config is read."""
+    from engine_plugins.train.propagator import FlowTrainConfig
+
+    from engine_plugins.train.gpff import read_config_file
+
+    d = read_config_file(next(p for p in CONFIGS if p.name == "corrector_cg_water.json"))
+    d["export"]["passes"] = 17
+    with pytest.raises(ValueError, match="export.passes=17"):
+        FlowTrainConfig.from_dict(d)
+    p = read_config_file(next(p for p in CONFIGS if p.name == "propagator_cg_water.json"))
+    p["export"]["passes"] = 2
+    with pytest.raises(ValueError, match="a propagator has none"):
+        FlowTrainConfig.from_dict(p)

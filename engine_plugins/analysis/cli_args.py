@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contact-rounds", type=int, metavar="N",
                    help="contact redraw rounds per jump (default: the propagator's role_fields.contact; "
                         "0 switches it off)")
+    p.add_argument("--corrector-passes", type=int, metavar="N",
+                   help="corrector passes per jump (default: the corrector's role_fields.passes, else 1)")
     p.add_argument("--adaptive-prior", type=float, metavar="PS",
                    help="per case, the model's adaptive prior pick measured on the first PS ps of the case's "
                         "reference run (a model trained with prior.adaptive)")

@@ -653,7 +653,8 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
                                                      "lag_fraction": lag_fraction, "duration_factor": duration_factor,
                                                      "jumps": jumps, "adaptive_prior_ps": adaptive_prior,
                                                      "prior_scale": (engine_options or {}).get("prior_scale"),
-                                                     "contact_rounds": (engine_options or {}).get("contact_rounds")},
+                                                     "contact_rounds": (engine_options or {}).get("contact_rounds"),
+                                                     "corrector_passes": (engine_options or {}).get("corrector_passes")},
               "targets": TARGETS, "cases": results, "failed": failed}
     if not results:
         raise EvaluationError("every rollout failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
@@ -717,6 +718,7 @@ def main(args: argparse.Namespace) -> int:
                               "device": None if getattr(args, "device", "auto") == "auto" else args.device,
                               "prior_scale": prior_scale,
                               "contact_rounds": getattr(args, "contact_rounds", None),
+                              "corrector_passes": getattr(args, "corrector_passes", None),
                               }.items() if v is not None}
     t0 = time.perf_counter()
     engines = list(dict.fromkeys(args.engine))

@@ -349,7 +349,8 @@ def _standalone(model: Path, start: RolloutStart, n_jumps: int, seed: int, corre
                                 corrector=str(corrector) if corrector else None, flow_steps=options.get("flow_steps"),
                                 corrector_flow_steps=options.get("corrector_flow_steps"), progress=progress,
                                 device=options.get("device"), prior_scale=options.get("prior_scale"),
-                                contact_rounds=options.get("contact_rounds"))
+                                contact_rounds=options.get("contact_rounds"),
+                                corrector_passes=options.get("corrector_passes"))
     except sampler.JumpFailedError as exc:
         part = exc.partial
         if part is None:
@@ -389,7 +390,8 @@ def _openmm(model: Path, start: RolloutStart, n_jumps: int, seed: int, corrector
                                          flow_steps=options.get("flow_steps"),
                                          corrector_flow_steps=options.get("corrector_flow_steps"),
                                          prior_scale=options.get("prior_scale"),
-                                         contact_rounds=options.get("contact_rounds"))
+                                         contact_rounds=options.get("contact_rounds"),
+                                         corrector_passes=options.get("corrector_passes"))
     platform = options.get("platform") or "CPU"
     props = {"Threads": str(options.get("threads", 1))} if platform == "CPU" else {}
     context = mm.Context(system, setup.integrator, mm.Platform.getPlatformByName(platform), props)
@@ -444,6 +446,8 @@ def lammps_propagate_input(model: Path, start: RolloutStart, n_jumps: int, seed:
         extra += f" prior_scale {name} {float(scale):.17g}"
     if options.get("contact_rounds") is not None:
         extra += f" contact_rounds {int(options['contact_rounds'])}"
+    if options.get("corrector_passes") is not None:
+        extra += f" corrector_passes {int(options['corrector_passes'])}"
     if options.get("corrector_flow_steps"):
         raise RolloutError("fix ep/propagate has no keyword for the corrector's flow steps (it runs the corrector's "
                            "own); drop corrector_flow_steps (--corrector-flow-steps) for the lammps engine")

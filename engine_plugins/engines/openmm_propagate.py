@@ -8,7 +8,8 @@ How it works (DESIGN.md, OpenMM backend):
   ``x + c*f`` is the jumped position in nm (``c`` a power of two: the division is exact);
 * a ``CustomIntegrator`` with step size Δτ (ps, from the artifact's ``delta_tau``) applies
   ``x <- x + c*f_propagator``, then ``x <- x + c*f_corrector`` (the corrector, if given, in its
-  own group, default 31, evaluated at the jumped positions), sets ``v = (x_new - x_old) / Δτ``
+  own group, default 31, evaluated at the jumped positions; its ``passes`` run inside that one
+  evaluation), sets ``v = (x_new - x_old) / Δτ``
   and increments the context parameter ``ep_step`` (steps done, like ``Simulation.currentStep``);
 * the noise key is (``seed`` fixed at creation, step ``ep_step + 1``, attempt, particle index + 1):
   the jump that reaches step n draws with step n, as LAMMPS's ``fix ep/propagate`` (its
@@ -278,11 +279,11 @@ def _box_ok(system, cutoff_nm: float) -> None:
 def _make_force(art: Artifact, role: str, type_idx: list[int], periodic: bool, seed: int, group: int,
                 temperature: float, start_step: int, report_retries: bool, flow_steps: int | None,
                 solver: str | None, prior_scale: Mapping[str, float] | None = None,
-                contact_rounds: int | None = None):
+                contact_rounds: int | None = None, passes: int | None = None):
     openmmtorch = import_openmmtorch()
     try:
         sampler = build_flow_sampler(art, role, flow_steps, solver, prior_scale=prior_scale,
-                                     contact_rounds_override=contact_rounds)
+                                     contact_rounds_override=contact_rounds, passes=passes)
         nm_to_model = length_factor(OPENMM_UNITS["length"], art.metadata.units["length"])
     except (SamplerError, UnitError) as exc:
         raise LearnedPropagationError(str(exc)) from exc
@@ -307,7 +308,8 @@ def create_learned_integrator(system, topology_or_types, propagator: str | os.Pa
                               propagator_group: int = 30, corrector_group: int = 31,
                               report_retries: bool = True,
                               prior_scale: Mapping[str, float] | None = None,
-                              contact_rounds: int | None = None) -> LearnedPropagation:
+                              contact_rounds: int | None = None,
+                              corrector_passes: int | None = None) -> LearnedPropagation:
     """Add the learned-propagation force(s) to ``system`` and return the integrator that applies them.
 
     ``topology_or_types``: an OpenMM Topology (element symbol, atom name or residue name, e.g. CG
@@ -318,7 +320,9 @@ def create_learned_integrator(system, topology_or_types, propagator: str | os.Pa
     topology has a box, else to the model's periodicity. ``flow_steps``/``solver`` (and
     ``corrector_flow_steps``/``corrector_solver``) override the metadata. ``prior_scale`` ({type: scale}) overrides the propagator's prior
     scale, e.g. the adaptive prior's pick for this material (``prior.measure_adaptive_scale``);
-    ``contact_rounds`` the rounds of the propagator's contact redraw (``role_fields.contact``; 0: off).
+    ``contact_rounds`` the rounds of the propagator's contact redraw (``role_fields.contact``; 0: off);
+    ``corrector_passes`` the corrector's passes per jump (``role_fields.passes``; all of them run
+    inside the corrector's one force evaluation).
     The System keeps its own forces; they never move particles (only reporters see them).
     """
     import openmm as mm
@@ -356,6 +360,9 @@ def create_learned_integrator(system, topology_or_types, propagator: str | os.Pa
                 "Fix: remove the box (periodic=False) or use a periodic model")
         if periodic:
             _box_ok(system, art.metadata.cutoff * length_factor(art.metadata.units["length"], "nm"))
+    if corr is None and corrector_passes not in (None, 1):
+        raise LearnedPropagationError(f"corrector_passes={corrector_passes} without a corrector. Fix: pass a "
+                                      "corrector artifact, or drop corrector_passes")
     check_temperature_range(float(temperature), meta, stacklevel=2)
     masses = {t: float(m) for t, m in meta.role_fields["prior"]["mass"].items()}
     groups = [propagator_group] + ([corrector_group] if corr is not None else [])
@@ -371,7 +378,7 @@ def create_learned_integrator(system, topology_or_types, propagator: str | os.Pa
                                           "trained on the same species as the propagator")
         cidx = type_indices(names, corr.metadata.type_names).tolist()
         cforce = _make_force(corr, "corrector", cidx, periodic, seed, corrector_group, temperature, start_step,
-                             report_retries, corrector_flow_steps, corrector_solver)
+                             report_retries, corrector_flow_steps, corrector_solver, passes=corrector_passes)
     delta_tau_ps = float(meta.role_fields["delta_tau"]) * time_factor(meta.units["time"], "ps")
     if not delta_tau_ps > 0:
         raise LearnedPropagationError(f"{prop.path}: role_fields.delta_tau must be > 0, got {meta.role_fields['delta_tau']}")

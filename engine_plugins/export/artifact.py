@@ -15,6 +15,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -144,3 +145,18 @@ def load_artifact(path: str | os.PathLike, map_location: str | torch.device = "c
                                 f"{actual[:19]}...): weights, code or metadata changed after export. Fix: "
                                 "re-export the model")
     return Artifact(path=path, module=module, metadata=meta)
+
+
+def copy_with_role_fields(model: str | os.PathLike, output: str | os.PathLike, fields: dict[str, Any],
+                          role: str | None = None) -> Path:
+    """Copy of artifact ``model`` (same weights) with ``fields`` merged into ``role_fields``,
+    re-hashed; ``role``: the role the source must have. Why: engine settings (contact bounds, a
+    corrector's passes) are chosen after training and belong in the artifact, not in every call."""
+    art = load_artifact(model)
+    if role is not None and art.metadata.role != role:
+        raise ArtifactError(f"{model} has role '{art.metadata.role}', but these settings belong to a '{role}' "
+                            f"artifact. Fix: pass a '{role}' model")
+    d = art.metadata.to_dict()
+    d["role_fields"] = {**d["role_fields"], **fields}
+    d.pop("content_hash", None)
+    return export_artifact(art.module, ArtifactMetadata(**d), output)

@@ -161,6 +161,7 @@ class ExportOptions:
     solver: str = "euler"
     max_displacement: Optional[float] = None  # None: 1.5 x the longest training displacement (+ 1 A)
     max_attempts: int = 10
+    passes: int = 1  # corrector: passes per jump (role_fields.passes; sampler.passes_of)
     copy_to: Optional[str] = None  # also copy the artifact here (e.g. exported_models/x.pt)
     dtype: Optional[str] = None  # artifact dtype; None: model.model_dtype (train float32, ship float64)
 
@@ -213,6 +214,9 @@ class FlowTrainConfig:
             raise ValueError(f"train.loss_weighting {self.train.loss_weighting!r}: use one of {LOSS_WEIGHTINGS}")
         if self.train.batch_size < 1 or self.train.steps < 0:
             raise ValueError("train.batch_size must be >= 1 and train.steps >= 0")
+        if not 1 <= int(self.export.passes) <= 16 or (self.role != "corrector" and int(self.export.passes) != 1):
+            raise ValueError(f"export.passes={self.export.passes}: a corrector runs 1..16 passes per jump; "
+                             "a propagator has none (drop export.passes)")
         if self.role == "corrector" and not self.corrector.noise_max > 0:
             raise ValueError(f"corrector.noise_max={self.corrector.noise_max}: must be > 0 (angstrom)")
         FlowModelConfig.from_dict({k: v for k, v in self.model.items()})  # validate early
@@ -886,6 +890,8 @@ def flow_metadata(cfg: FlowTrainConfig, mcfg: Any, data: FlowData, prior: PriorT
     if cfg.role == "corrector":
         role_fields["noise_max"] = float(cfg.corrector.noise_max)
         role_fields["trained_on"] = "X + N(0, s^2), s ~ U(0, noise_max) -> X, conditioned on the noisy frame"
+        if int(ex.passes) != 1:
+            role_fields["passes"] = int(ex.passes)
     return ArtifactMetadata(
         role=cfg.role, method=METHOD_NAME, type_names=list(mcfg.type_names), cutoff=float(mcfg.r_max),
         num_message_passing_layers=int(mcfg.num_layers), units=dict(UNITS), dtype=mcfg.model_dtype,

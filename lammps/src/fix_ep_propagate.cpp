@@ -72,6 +72,9 @@ constexpr int SCHEMA_VERSION = 1;
 
 // attempt offset of the corrector's noise stream (contract: 2**20)
 constexpr uint64_t CORRECTOR_ATTEMPT_OFFSET = uint64_t(1) << 20;
+// attempt offset between a corrector's passes (contract: pass p draws with offset + p * 2**16)
+constexpr uint64_t PASS_ATTEMPT_STRIDE = uint64_t(1) << 16;
+constexpr int MAX_PASSES = 16;
 
 // Boltzmann constant in eV/K, as engine_plugins/methods/propagator/prior.py
 constexpr double KB_EV_PER_K = 8.617333262e-5;
@@ -98,7 +101,7 @@ const std::map<std::string, std::pair<std::string, std::string>> LAMMPS_UNITS = 
 const std::set<std::string> KEYWORDS = {"types",        "temp",     "seed",   "corrector",
                                         "steps",        "solver",   "max_attempts",
                                         "max_disp",     "timestep", "device",   "threads",
-                                        "prior_scale",  "contact_rounds"};
+                                        "prior_scale",  "contact_rounds", "corrector_passes"};
 
 // which LAMMPS style of engine_plugins runs each artifact role
 const std::map<std::string, std::string> ROLE_STYLE = {
@@ -150,6 +153,7 @@ struct FixEPPropagate::Model {
   std::vector<double> contact_sq;
   int contact_rounds = 0;
   int max_attempts_meta = 0;          // 0: none in the metadata
+  int passes = 1;                     // corrector: role_fields.passes (the loop again per pass)
 
   // engine side
   double length_factor = 1.0;    // LAMMPS length -> model length
@@ -176,7 +180,7 @@ struct FixEPPropagate::Model {
 
 FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
     Fix(lmp, narg, arg), list(nullptr), temperature(-1.0), seed(0), steps_override(0),
-    max_attempts(0), contact_rounds_input(-1), max_disp(-1.0), set_timestep(false),
+    max_attempts(0), contact_rounds_input(-1), passes_input(-1), max_disp(-1.0), set_timestep(false),
     device_request("auto"), device_index(-1), num_threads(1), disp(nullptr), disp_trial(nullptr),
     attempt_arr(nullptr), comm_array(nullptr), nmax_disp(0), ghost_owner_build(-1),
     total_redraws(0.0), last_redraws(0.0), last_max_disp(0.0), num_jumps(0.0),
@@ -186,7 +190,7 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
       "expected 'fix ID group ep/propagate MODEL.pt types NAME1 ... NAMEntypes temp T seed S "
       "[corrector MODEL2.pt|none] [steps K] [solver euler|heun] [max_attempts N] [max_disp D] "
       "[timestep check|set] [device cpu|cuda|auto] [threads N] [prior_scale NAME S ...] "
-      "[contact_rounds N]'";
+      "[contact_rounds N] [corrector_passes N]'";
   if (narg < 4) error->all(FLERR, "Illegal fix ep/propagate command: {}", usage);
 
   time_integrate = 1;
@@ -308,6 +312,14 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
                    "contact redraw off)",
                    contact_rounds_input);
       iarg += 2;
+    } else if (keyword == "corrector_passes") {
+      if (iarg + 2 > narg) utils::missing_cmd_args(FLERR, "fix ep/propagate corrector_passes", error);
+      passes_input = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (passes_input < 1 || passes_input > MAX_PASSES)
+        error->all(FLERR,
+                   "Illegal fix ep/propagate corrector_passes {}: use a number of passes in 1..{}",
+                   passes_input, MAX_PASSES);
+      iarg += 2;
     } else if (keyword == "threads") {
       if (iarg + 2 > narg) utils::missing_cmd_args(FLERR, "fix ep/propagate threads", error);
       num_threads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
@@ -318,7 +330,7 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
       error->all(FLERR,
                  "Unknown fix ep/propagate keyword '{}': the keywords are types, temp, seed, "
                  "corrector, steps, solver, max_attempts, max_disp, timestep, device, threads, "
-                 "prior_scale, contact_rounds ({})",
+                 "prior_scale, contact_rounds, corrector_passes ({})",
                  keyword, usage);
     }
   }
@@ -367,6 +379,14 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
 
   propagator = load_model(model_path, "propagator");
   if (!corrector_path.empty()) corrector = load_model(corrector_path, "corrector");
+  if (passes_input > 0) {
+    if (!corrector)
+      error->all(FLERR,
+                 "fix ep/propagate corrector_passes {}: there is no corrector. Fix: add "
+                 "'corrector MODEL.pt', or drop corrector_passes",
+                 passes_input);
+    corrector->passes = passes_input;
+  }
   if (contact_rounds_input >= 0) propagator->contact_rounds = contact_rounds_input;
   if (std::none_of(propagator->contact_sq.begin(), propagator->contact_sq.end(),
                    [](double v) { return v > 0.0; }))
@@ -403,10 +423,11 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
       utils::logmesg(lmp,
                      "ep/propagate: {} {} (method {}): types {}; cutoff {} {}; {} "
                      "message-passing layer(s); dtype {}; {} flow step(s), solver {}; "
-                     "temperature range {}..{} K; device {}\n",
+                     "temperature range {}..{} K; device {}{}\n",
                      m->role, m->path, m->method, join_names(m->type_names), m->cutoff_model,
                      m->length_unit, m->layers, m->dtype_name, m->steps,
-                     m->heun ? "heun" : "euler", m->t_lo, m->t_hi, m->device.str());
+                     m->heun ? "heun" : "euler", m->t_lo, m->t_hi, m->device.str(),
+                     m->passes > 1 ? fmt::format("; {} passes per jump", m->passes) : "");
       std::string widths;
       for (int t = 1; t <= ntypes; t++)
         widths += fmt::format("{}{}={:.6g}", t > 1 ? " " : "", type_args[t], m->sigma[t]);
@@ -422,6 +443,12 @@ FixEPPropagate::FixEPPropagate(LAMMPS *lmp, int narg, char **arg) :
                      temperature, m->t_lo, m->t_hi, m->role, m->path);
   }
   if (max_attempts == 0) max_attempts = 10;
+  if (corrector && corrector->passes > 1 &&
+      static_cast<uint64_t>(max_attempts) >= PASS_ATTEMPT_STRIDE)
+    error->all(FLERR,
+               "fix ep/propagate: max_attempts {} would reach the next corrector pass's noise "
+               "stream ({}). Fix: lower max_attempts",
+               max_attempts, PASS_ATTEMPT_STRIDE);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -679,6 +706,17 @@ std::unique_ptr<FixEPPropagate::Model> FixEPPropagate::load_model(const std::str
     if (!rf["max_attempts"].is_number_integer() || rf["max_attempts"].get<int>() < 1)
       bad("role_fields.max_attempts", "is not an integer >= 1", "export a positive number");
     m->max_attempts_meta = rf["max_attempts"].get<int>();
+  }
+
+  if (rf.contains("passes") && !rf["passes"].is_null()) {
+    if (!rf["passes"].is_number_integer() || rf["passes"].get<int>() < 1 ||
+        rf["passes"].get<int>() > MAX_PASSES)
+      bad("role_fields.passes", fmt::format("is not an integer in 1..{}", MAX_PASSES),
+          "re-export the model");
+    if (want_role != "corrector" && rf["passes"].get<int>() != 1)
+      bad("role_fields.passes", "is set, but only a corrector runs several passes",
+          "re-export the model without passes");
+    m->passes = rf["passes"].get<int>();
   }
 
   // the propagator's prior scales from the input ('prior_scale NAME S'), before the widths
@@ -1354,10 +1392,15 @@ void FixEPPropagate::initial_integrate(int /*vflag*/)
   int corrector_redraws = 0;
 
   if (corrector) {
-    reneighbor();
-    corrector_redraws = flow(*corrector, CORRECTOR_ATTEMPT_OFFSET, max_norm);
-    apply_displacement(corrector->length_factor, false);
-    check_migration(max_norm / corrector->length_factor);
+    // each pass: the same loop on the corrected positions, its own noise stream
+    for (int p = 0; p < corrector->passes; p++) {
+      reneighbor();
+      corrector_redraws +=
+          flow(*corrector, CORRECTOR_ATTEMPT_OFFSET + static_cast<uint64_t>(p) * PASS_ATTEMPT_STRIDE,
+               max_norm);
+      apply_displacement(corrector->length_factor, false);
+      check_migration(max_norm / corrector->length_factor);
+    }
   }
 
   // LAMMPS reneighbors on this step (migration, ghosts, neighbor list on the new positions)

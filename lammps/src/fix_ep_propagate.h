@@ -65,6 +65,7 @@ class FixEPPropagate : public Fix {
   std::vector<std::pair<std::string, double>> prior_scale_override;
   int max_attempts;
   int contact_rounds_input;  // 'contact_rounds N' (-1: the metadata's role_fields.contact.rounds)
+  int passes_input;          // 'corrector_passes N' (-1: the corrector's role_fields.passes)
   double max_disp;           // LAMMPS length units, <= 0: from the metadata
   bool set_timestep;         // 'timestep set': dt := delta_tau instead of an error
   std::string device_request;

@@ -35,7 +35,9 @@ draw, the atoms closer than ``min_distance[type pair]`` to a graph neighbour at 
 ``attempt_i + 1`` and the jump is integrated again, at most ``rounds`` times, then accepted.
 
 The corrector is the same network and loop, trained to map X + N(0, s^2) back to X; it runs after
-each propagator jump with its own seed stream (``attempt`` offset by 2**20).
+each propagator jump with its own seed stream (``attempt`` offset by 2**20). With
+``role_fields.passes`` P > 1 it runs P times per jump, each pass on the frame the last one left
+(graph rebuilt), pass p with ``attempt`` offset 2**20 + p * 2**16.
 """
 
 from engine_plugins.methods.propagator.prior import KB_EV_PER_K, maxwell_boltzmann_sigma

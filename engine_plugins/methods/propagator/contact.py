@@ -103,17 +103,13 @@ def measure_min_distances(cases: Sequence[Any], every: int = 10) -> dict[str, fl
 def write_with_contact(model: str, output: str, min_distance: Mapping[str, float], rounds: int,
                        measured_on: str) -> None:
     """Copy of propagator artifact ``model`` with ``role_fields.contact`` set (same weights)."""
-    from engine_plugins.export.artifact import export_artifact, load_artifact
-    from engine_plugins.export.metadata import ArtifactMetadata
+    from engine_plugins.export.artifact import ArtifactError, copy_with_role_fields, read_metadata
 
-    art = load_artifact(model)
-    if art.metadata.role != "propagator":
-        raise ContactError(f"{model} has role '{art.metadata.role}'; the contact redraw belongs to a propagator")
-    d = art.metadata.to_dict()
     contact = {"min_distance": dict(min_distance), "rounds": int(rounds), "units": "angstrom",
                "measured_on": measured_on}
-    contact_matrix(contact, art.metadata.type_names)  # validates the pairs
+    contact_matrix(contact, read_metadata(model).type_names)  # validates the pairs
     contact_rounds(contact)
-    d["role_fields"] = {**d["role_fields"], "contact": contact}
-    d.pop("content_hash", None)
-    export_artifact(art.module, ArtifactMetadata(**d), output)
+    try:
+        copy_with_role_fields(model, output, {"contact": contact}, role="propagator")
+    except ArtifactError as exc:  # wrong role, unreadable file
+        raise ContactError(str(exc)) from exc

@@ -23,7 +23,9 @@ One jump follows the contract in :mod:`engine_plugins.methods.propagator` exactl
   at most ``rounds`` times; then the jump is accepted as it is (``contact_left`` counts those).
   Why: the vector field is trained on frame pairs where atoms never come that close, and a draw
   that puts two atoms on top of each other is a sample from the prior's tail, not dynamics;
-* the corrector is the same loop on the jumped frame with ``attempt`` offset by ``2**20``.
+* the corrector is the same loop on the jumped frame with ``attempt`` offset by ``2**20``;
+  with ``role_fields.passes`` P > 1 it runs P times, pass p on the frame pass p - 1 left (graph
+  rebuilt there) with ``attempt`` offset ``2**20 + p * 2**16``.
 
 Defaults when the metadata does not give them: ``max_attempts`` = :data:`DEFAULT_MAX_ATTEMPTS`,
 ``max_displacement`` unbounded (only non-finite displacements are redrawn).
@@ -51,6 +53,10 @@ from engine_plugins.units import UnitError, length_factor, time_factor
 DEFAULT_MAX_ATTEMPTS = 10
 #: ``attempt`` offset of the corrector's noise stream (contract).
 CORRECTOR_ATTEMPT_OFFSET = 2 ** 20
+#: ``attempt`` offset between a corrector's passes (contract): pass p draws with offset + p * stride.
+PASS_ATTEMPT_STRIDE = 2 ** 16
+#: Most passes of a corrector (pass 16 would reach the next stream's offsets).
+MAX_PASSES = 16
 SOLVERS = ("euler", "heun")
 
 
@@ -90,7 +96,7 @@ class FlowSampler(torch.nn.Module):
                  cutoff: float, flow_steps: int, solver: str, max_displacement: float, max_attempts: int,
                  attempt_offset: int, dtype: torch.dtype, length_unit: str, angstrom_to_model: float,
                  skin: float = 1.0, contact_distance: Optional[torch.Tensor] = None,
-                 contact_rounds: int = 0) -> None:
+                 contact_rounds: int = 0, passes: int = 1) -> None:
         super().__init__()
         self.model = model
         self.role = role
@@ -117,6 +123,8 @@ class FlowSampler(torch.nn.Module):
         self.contact_redraws = 0  # contact rounds so far (all jumps)
         self.contact_atoms = 0  # atom redraws for contacts so far
         self.contact_left = 0  # jumps accepted with a contact after contact_rounds rounds
+        self.passes = int(passes)  # the whole loop again on the corrected frame (a corrector's passes)
+        self.pass_stride = PASS_ATTEMPT_STRIDE  # an attribute: TorchScript cannot read module globals
         # Why not always raise: libtorch crashes (segfault in InterpreterStateImpl::callstack) when a
         # raise inside a nested scripted call unwinds through openmmtorch's C++ kernel, so an engine
         # adapter sets this False, checks ``failure`` and raises from its own top-level forward.
@@ -139,7 +147,6 @@ class FlowSampler(torch.nn.Module):
             temp = temp.expand(n)
         if box is not None:
             box = box.to(self.model_dtype)
-        edge_index, edge_shift = self.graph(x_cond, box)
         tags = torch.arange(1, n + 1, dtype=torch.long, device=x_cond.device)
         # the prior width as in sigma() (inlined: no helper-method calls, see FlowForceCore in
         # engines/openmm_propagate.py)
@@ -149,80 +156,96 @@ class FlowSampler(torch.nn.Module):
         h = 1.0 / self.flow_steps
         reason = ""
         self.failure = ""
-        # per-atom draw counters: a failed draw (non-finite, too long) redraws every atom, a
-        # contact round only the atoms in a contact (contract: counter_normal(..., attempt_i))
-        attempts = torch.zeros(n, dtype=torch.long, device=x_cond.device)
-        failures = 0
-        rounds = 0
-        while failures < self.max_attempts:
-            if rounds == 0:  # every atom has the same counter (the failed draws so far): one call
-                z = counter_normal(seed, step, tags, failures + self.attempt_offset)
-            else:
-                z = torch.empty(n, 3, dtype=torch.float64, device=x_cond.device)
-                for a in range(failures, failures + rounds + 1):
-                    sel = attempts == a
-                    if bool(sel.any()):
-                        z[sel] = counter_normal(seed, step, tags[sel], a + self.attempt_offset)
-            x = x_cond + (sigma * z).to(self.model_dtype)
-            for k in range(self.flow_steps):
-                t = k * h
-                # torch.full, not torch.tensor: TorchScript rounds torch.tensor(float) through float32
-                tt = torch.full([], t, dtype=x.dtype, device=x.device)
-                v = self.model(x, x_cond, types, edge_index, edge_shift, tt, temp, n)
-                if self.heun:
-                    xp = x + h * v
-                    th = torch.full([], t + h, dtype=x.dtype, device=x.device)
-                    vp = self.model(xp, x_cond, types, edge_index, edge_shift, th, temp, n)
-                    x = x + (0.5 * h) * (v + vp)
+        total = torch.zeros_like(x_cond)
+        all_failures = 0
+        # passes (a corrector's role_fields.passes): the loop below again on the corrected frame,
+        # pass p with its own noise stream (attempt offset + p * PASS_ATTEMPT_STRIDE)
+        for p in range(self.passes):
+            x_base = x_cond + total
+            offset = self.attempt_offset + p * self.pass_stride
+            edge_index, edge_shift = self.graph(x_base, box)
+            # per-atom draw counters: a failed draw (non-finite, too long) redraws every atom, a
+            # contact round only the atoms in a contact (contract: counter_normal(..., attempt_i))
+            attempts = torch.zeros(n, dtype=torch.long, device=x_cond.device)
+            failures = 0
+            rounds = 0
+            accepted = False
+            d = torch.zeros_like(x_cond)
+            while failures < self.max_attempts:
+                if rounds == 0:  # every atom has the same counter (the failed draws so far): one call
+                    z = counter_normal(seed, step, tags, failures + offset)
                 else:
-                    x = x + h * v
-            d = x - x_cond
-            if n > 0:
-                d = d - (m * d).sum(0) / m.sum()
-                if not bool(torch.isfinite(d).all()):
-                    reason = "a non-finite (NaN/inf) displacement"
-                else:
-                    longest = float((d * d).sum(-1).max().sqrt())
-                    if longest > self.max_displacement:
-                        reason = f"a displacement of {longest} {self.length_unit}, above max_displacement " \
-                                 f"{self.max_displacement} {self.length_unit}"
+                    z = torch.empty(n, 3, dtype=torch.float64, device=x_cond.device)
+                    for a in range(failures, failures + rounds + 1):
+                        sel = attempts == a
+                        if bool(sel.any()):
+                            z[sel] = counter_normal(seed, step, tags[sel], a + offset)
+                x = x_base + (sigma * z).to(self.model_dtype)
+                for k in range(self.flow_steps):
+                    t = k * h
+                    # torch.full, not torch.tensor: TorchScript rounds torch.tensor(float) through float32
+                    tt = torch.full([], t, dtype=x.dtype, device=x.device)
+                    v = self.model(x, x_base, types, edge_index, edge_shift, tt, temp, n)
+                    if self.heun:
+                        xp = x + h * v
+                        th = torch.full([], t + h, dtype=x.dtype, device=x.device)
+                        vp = self.model(xp, x_base, types, edge_index, edge_shift, th, temp, n)
+                        x = x + (0.5 * h) * (v + vp)
                     else:
-                        reason = ""
-            if reason != "":
-                failures += 1
-                attempts = attempts + 1
-                continue
-            if self.contact_rounds > 0 and n > 0:
-                # atoms closer to a graph neighbour (edges of x_cond) than contact_distance
-                y = x_cond + d
-                ei, ej = edge_index[0], edge_index[1]
-                vec = y[ej] - y[ei] + edge_shift
-                bound = self.contact_distance[types[ei], types[ej]]
-                pair = (vec * vec).sum(-1).to(torch.float64) < bound * bound
-                close = torch.zeros(n, dtype=torch.bool, device=y.device)
-                close[ei[pair]] = True
-                close[ej[pair]] = True
-                if bool(close.any()):
-                    if rounds < self.contact_rounds:
-                        rounds += 1
-                        self.contact_redraws += 1
-                        self.contact_atoms += int(close.sum())
-                        attempts = attempts + close.to(torch.long)
-                        continue
-                    self.contact_left += 1
+                        x = x + h * v
+                d = x - x_base
+                if n > 0:
+                    d = d - (m * d).sum(0) / m.sum()
+                    if not bool(torch.isfinite(d).all()):
+                        reason = "a non-finite (NaN/inf) displacement"
+                    else:
+                        longest = float((d * d).sum(-1).max().sqrt())
+                        if longest > self.max_displacement:
+                            reason = f"a displacement of {longest} {self.length_unit}, above max_displacement " \
+                                     f"{self.max_displacement} {self.length_unit}"
+                        else:
+                            reason = ""
+                if reason != "":
+                    failures += 1
+                    attempts = attempts + 1
+                    continue
+                if self.contact_rounds > 0 and n > 0:
+                    # atoms closer to a graph neighbour (edges of x_base) than contact_distance
+                    y = x_base + d
+                    ei, ej = edge_index[0], edge_index[1]
+                    vec = y[ej] - y[ei] + edge_shift
+                    bound = self.contact_distance[types[ei], types[ej]]
+                    pair = (vec * vec).sum(-1).to(torch.float64) < bound * bound
+                    close = torch.zeros(n, dtype=torch.bool, device=y.device)
+                    close[ei[pair]] = True
+                    close[ej[pair]] = True
+                    if bool(close.any()):
+                        if rounds < self.contact_rounds:
+                            rounds += 1
+                            self.contact_redraws += 1
+                            self.contact_atoms += int(close.sum())
+                            attempts = attempts + close.to(torch.long)
+                            continue
+                        self.contact_left += 1
+                accepted = True
+                break
+            if not accepted:
+                self.retries += self.max_attempts
+                self.last_retries = all_failures + self.max_attempts
+                where = f" (pass {p + 1} of {self.passes})" if self.passes > 1 else ""
+                self.failure = (
+                    f"engine_plugins: learned {self.role} jump at step {step} (seed {seed}){where} failed all "
+                    f"{self.max_attempts} attempts; the last gave {reason}. The system is outside what the model "
+                    f"was trained on (structure, temperature, density) or has blown up. Fix: check the input "
+                    f"structure and temperature, or raise role_fields max_attempts/max_displacement when exporting")
+                if self.raise_on_failure:
+                    raise RuntimeError(self.failure)
+                return torch.full_like(x_cond, float("nan"))
             self.retries += failures
-            self.last_retries = failures
-            return d
-        self.retries += self.max_attempts
-        self.last_retries = self.max_attempts
-        self.failure = (
-            f"engine_plugins: learned {self.role} jump at step {step} (seed {seed}) failed all "
-            f"{self.max_attempts} attempts; the last gave {reason}. The system is outside what the model "
-            f"was trained on (structure, temperature, density) or has blown up. Fix: check the input "
-            f"structure and temperature, or raise role_fields max_attempts/max_displacement when exporting")
-        if self.raise_on_failure:
-            raise RuntimeError(self.failure)
-        return torch.full_like(x_cond, float("nan"))
+            all_failures += failures
+            total = total + d
+        self.last_retries = all_failures
+        return total
 
 
 class FlowJump(torch.nn.Module):
@@ -279,12 +302,13 @@ def check_vector_field_role(art: Artifact, role: str) -> None:
 def build_flow_sampler(model: str | os.PathLike | Artifact, role: str = "propagator",
                        flow_steps: int | None = None, solver: str | None = None,
                        skin: float = 1.0, prior_scale: Mapping[str, float] | None = None,
-                       contact_rounds_override: int | None = None) -> FlowSampler:
+                       contact_rounds_override: int | None = None, passes: int | None = None) -> FlowSampler:
     """A :class:`FlowSampler` for a ``propagator`` or ``corrector`` artifact (metadata checked).
 
     ``prior_scale`` ({type: scale}) replaces the metadata's prior scale of those types, e.g. the
     adaptive prior's pick for the material at hand (:func:`prior.measure_adaptive_scale`);
-    ``contact_rounds_override`` replaces ``role_fields.contact.rounds`` (0: no contact redraw)."""
+    ``contact_rounds_override`` replaces ``role_fields.contact.rounds`` (0: no contact redraw);
+    ``passes`` replaces a corrector's ``role_fields.passes`` (default 1)."""
     art = _artifact(model)
     check_vector_field_role(art, role)
     meta = art.metadata
@@ -310,6 +334,7 @@ def build_flow_sampler(model: str | os.PathLike | Artifact, role: str = "propaga
     if max_attempts < 1:
         raise SamplerError(f"{art.path}: role_fields.max_attempts must be >= 1, got {max_attempts}")
     offset = CORRECTOR_ATTEMPT_OFFSET if role == "corrector" else 0
+    n_passes = passes_of(art, role, passes)
     try:
         bounds = contact_matrix(rf.get("contact"), meta.type_names, ang_to_model)
         rounds = rounds_of(rf.get("contact"), contact_rounds_override)
@@ -317,25 +342,55 @@ def build_flow_sampler(model: str | os.PathLike | Artifact, role: str = "propaga
         raise SamplerError(f"{art.path}: {exc}") from exc
     return FlowSampler(art.module, role, scale, mass, meta.cutoff, k, solver, max_disp, max_attempts, offset,
                        getattr(torch, meta.dtype), meta.units["length"], ang_to_model, skin * ang_to_model,
-                       bounds, rounds)
+                       bounds, rounds, n_passes)
+
+
+def passes_of(art: Artifact, role: str, override: int | None = None) -> int:
+    """Passes of a corrector per jump: ``override``, else ``role_fields.passes``, else 1 (checked).
+
+    Why several: one pass of a denoiser moves a frame only part of the way back to valid local
+    structure (CG water: 270 bead pairs closer than 2 A after a propagator jump, 59 after one
+    pass, 0 after five); each pass draws its own noise (attempt offset + pass * 2**16)."""
+    rf = art.metadata.role_fields
+    value = override if override is not None else rf.get("passes", 1)
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise SamplerError(f"{art.path}: corrector passes must be an integer, got {value!r}") from None
+    if n != 1 and role != "corrector":
+        raise SamplerError(f"{art.path}: passes={n} asked of a '{role}' model; only a corrector runs several "
+                           "passes. Fix: drop passes (corrector_passes) for the propagator")
+    if not 1 <= n <= MAX_PASSES:
+        raise SamplerError(f"{art.path}: corrector passes must lie in 1..{MAX_PASSES}, got {n}")
+    if n > 1:
+        rounds = rounds_of(rf.get("contact"))
+        attempts = int(rf.get("max_attempts", DEFAULT_MAX_ATTEMPTS))
+        if attempts + rounds >= PASS_ATTEMPT_STRIDE:
+            raise SamplerError(f"{art.path}: max_attempts + contact rounds = {attempts + rounds} would reach the "
+                               f"next pass's noise stream ({PASS_ATTEMPT_STRIDE}). Fix: lower max_attempts")
+    return n
 
 
 def build_flow_jump(propagator: str | os.PathLike | Artifact, corrector: str | os.PathLike | Artifact | None = None,
                     flow_steps: int | None = None, solver: str | None = None,
                     corrector_flow_steps: int | None = None, corrector_solver: str | None = None,
                     script: bool = True, prior_scale: Mapping[str, float] | None = None,
-                    contact_rounds: int | None = None) -> FlowJump:
+                    contact_rounds: int | None = None, corrector_passes: int | None = None) -> FlowJump:
     """A (scripted) :class:`FlowJump` from a propagator artifact and an optional corrector artifact;
-    ``prior_scale`` overrides the propagator's prior scale per type and ``contact_rounds`` its
-    contact rounds (see :func:`build_flow_sampler`)."""
+    ``prior_scale`` overrides the propagator's prior scale per type, ``contact_rounds`` its
+    contact rounds and ``corrector_passes`` the corrector's passes (see :func:`build_flow_sampler`)."""
     prop_art = _artifact(propagator)
     prop = build_flow_sampler(prop_art, "propagator", flow_steps, solver, prior_scale=prior_scale,
                               contact_rounds_override=contact_rounds)
     corr = None
     ctypes = None
+    if corrector is None and corrector_passes not in (None, 1):
+        raise SamplerError(f"corrector_passes={corrector_passes} without a corrector. Fix: give a corrector "
+                           "artifact, or drop corrector_passes")
     if corrector is not None:
         corr_art = _artifact(corrector)
-        corr = build_flow_sampler(corr_art, "corrector", corrector_flow_steps, corrector_solver)
+        corr = build_flow_sampler(corr_art, "corrector", corrector_flow_steps, corrector_solver,
+                                  passes=corrector_passes)
         pm, cm = prop_art.metadata, corr_art.metadata
         if pm.units["length"] != cm.units["length"] or pm.dtype != cm.dtype:
             raise SamplerError(f"propagator ({pm.units['length']}, {pm.dtype}) and corrector ({cm.units['length']}, "
@@ -445,7 +500,7 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
               solver: str | None = None, trajectory: str | os.PathLike | None = None,
               device: str | torch.device | None = None, progress: bool = True,
               corrector_flow_steps: int | None = None, prior_scale: Mapping[str, float] | None = None,
-              contact_rounds: int | None = None) -> Rollout:
+              contact_rounds: int | None = None, corrector_passes: int | None = None) -> Rollout:
     """Standalone learned rollout: ``n_jumps`` jumps of Δτ from ``positions`` (model length unit, Å).
 
     ``start_step`` is the step counter of the start frame; the jump that reaches step n (frame
@@ -456,7 +511,8 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
     .xyz, .pdb, ...), frames 0..n_jumps, unwrapped; .dcd/.xtc get a .pdb topology beside them.
     Runs on CUDA when available unless ``device`` says otherwise. ``prior_scale`` ({type: scale})
     overrides the propagator's prior scale, e.g. the adaptive prior's pick for this material;
-    ``contact_rounds`` the rounds of its contact redraw (``role_fields.contact``; 0: off).
+    ``contact_rounds`` the rounds of its contact redraw (``role_fields.contact``; 0: off);
+    ``corrector_passes`` the corrector's passes per jump (``role_fields.passes`` of the corrector).
     A jump that fails every redraw raises :class:`JumpFailedError`; its ``partial`` holds the frames
     made before it (and ``trajectory``, if given, has them too).
     """
@@ -483,7 +539,8 @@ def propagate(propagator: str | os.PathLike | Artifact, positions: np.ndarray,
         raise SamplerError(f"device '{dev}' asked for, but torch sees no CUDA device. Fix: run on the CPU "
                            "(--device cpu or auto; in Python device='cpu' or None)")
     jump = build_flow_jump(prop_art, corrector, flow_steps, solver, corrector_flow_steps,
-                           prior_scale=prior_scale, contact_rounds=contact_rounds).to(dev)
+                           prior_scale=prior_scale, contact_rounds=contact_rounds,
+                           corrector_passes=corrector_passes).to(dev)
     dtype = getattr(torch, meta.dtype)
     x = torch.as_tensor(pos, dtype=dtype, device=dev)
     box_t = None if box is None else torch.as_tensor(np.asarray(box, float), dtype=dtype, device=dev)

@@ -349,8 +349,8 @@ def passes_of(art: Artifact, role: str, override: int | None = None) -> int:
     """Passes of a corrector per jump: ``override``, else ``role_fields.passes``, else 1 (checked).
 
     Why several: one pass of a denoiser moves a frame only part of the way back to valid local
-    structure (CG water: 270 bead pairs closer than 2 A after a propagator jump, 59 after one
-    pass, 0 after five); each pass draws its own noise (attempt offset + pass * 2**16)."""
+    structure (CG water: 269 bead pairs closer than 2 A after a propagator jump, 60 after one
+    pass, none after four); each pass draws its own noise (attempt offset + pass * 2**16)."""
     rf = art.metadata.role_fields
     value = override if override is not None else rf.get("passes", 1)
     try:

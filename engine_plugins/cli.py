@@ -162,8 +162,9 @@ def _cmd_corrector_passes(args: argparse.Namespace) -> int:
     from engine_plugins.methods.propagator.sampler import SamplerError, passes_of
 
     try:
-        passes_of(load_artifact(args.model), "corrector", args.passes)  # checks the number
-        copy_with_role_fields(args.model, args.output, {"passes": int(args.passes)}, role="corrector")
+        art = load_artifact(args.model)
+        passes_of(art, "corrector", args.passes)  # checks the number
+        copy_with_role_fields(art, args.output, {"passes": int(args.passes)}, role="corrector")
     except (ArtifactError, SamplerError, OSError) as exc:
         print(f"engine-plugins corrector-passes: error: {exc}", file=sys.stderr)
         return 2

@@ -147,14 +147,15 @@ def load_artifact(path: str | os.PathLike, map_location: str | torch.device = "c
     return Artifact(path=path, module=module, metadata=meta)
 
 
-def copy_with_role_fields(model: str | os.PathLike, output: str | os.PathLike, fields: dict[str, Any],
+def copy_with_role_fields(model: str | os.PathLike | Artifact, output: str | os.PathLike, fields: dict[str, Any],
                           role: str | None = None) -> Path:
-    """Copy of artifact ``model`` (same weights) with ``fields`` merged into ``role_fields``,
-    re-hashed; ``role``: the role the source must have. Why: engine settings (contact bounds, a
-    corrector's passes) are chosen after training and belong in the artifact, not in every call."""
-    art = load_artifact(model)
+    """Copy of artifact ``model`` (a path or a loaded :class:`Artifact`; same weights) with
+    ``fields`` merged into ``role_fields``, re-hashed; ``role``: the role the source must have.
+    Why: engine settings (contact bounds, a corrector's passes) are chosen after training and
+    belong in the artifact, not in every call."""
+    art = model if isinstance(model, Artifact) else load_artifact(model)
     if role is not None and art.metadata.role != role:
-        raise ArtifactError(f"{model} has role '{art.metadata.role}', but these settings belong to a '{role}' "
+        raise ArtifactError(f"{art.path} has role '{art.metadata.role}', but these settings belong to a '{role}' "
                             f"artifact. Fix: pass a '{role}' model")
     d = art.metadata.to_dict()
     d["role_fields"] = {**d["role_fields"], **fields}

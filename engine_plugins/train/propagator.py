@@ -214,8 +214,11 @@ class FlowTrainConfig:
             raise ValueError(f"train.loss_weighting {self.train.loss_weighting!r}: use one of {LOSS_WEIGHTINGS}")
         if self.train.batch_size < 1 or self.train.steps < 0:
             raise ValueError("train.batch_size must be >= 1 and train.steps >= 0")
-        if not 1 <= int(self.export.passes) <= 16 or (self.role != "corrector" and int(self.export.passes) != 1):
-            raise ValueError(f"export.passes={self.export.passes}: a corrector runs 1..16 passes per jump; "
+        from engine_plugins.methods.propagator.sampler import MAX_PASSES
+
+        passes = int(self.export.passes)
+        if not 1 <= passes <= MAX_PASSES or (self.role != "corrector" and passes != 1):
+            raise ValueError(f"export.passes={self.export.passes}: a corrector runs 1..{MAX_PASSES} passes per jump; "
                              "a propagator has none (drop export.passes)")
         if self.role == "corrector" and not self.corrector.noise_max > 0:
             raise ValueError(f"corrector.noise_max={self.corrector.noise_max}: must be > 0 (angstrom)")

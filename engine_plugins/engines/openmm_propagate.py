@@ -53,8 +53,8 @@ from engine_plugins.engines.openmm_backend import (OpenMMBackendError, _types_fr
                                                    import_openmmtorch)
 from engine_plugins.export.artifact import Artifact, load_artifact
 from engine_plugins.methods.propagator.sampler import (FlowSampler, SamplerError, build_flow_sampler,
-                                                       check_temperature_range, check_vector_field_role,
-                                                       type_indices)
+                                                       check_passes_have_corrector, check_temperature_range,
+                                                       check_vector_field_role, type_indices)
 from engine_plugins.units import OPENMM_UNITS, UnitError, length_factor, time_factor
 
 #: x <- x + C * f: displacement (nm) = C * force (kJ/mol/nm); a power of two so d / C * C == d exactly.
@@ -360,9 +360,10 @@ def create_learned_integrator(system, topology_or_types, propagator: str | os.Pa
                 "Fix: remove the box (periodic=False) or use a periodic model")
         if periodic:
             _box_ok(system, art.metadata.cutoff * length_factor(art.metadata.units["length"], "nm"))
-    if corr is None and corrector_passes not in (None, 1):
-        raise LearnedPropagationError(f"corrector_passes={corrector_passes} without a corrector. Fix: pass a "
-                                      "corrector artifact, or drop corrector_passes")
+    try:
+        check_passes_have_corrector(corr, corrector_passes)
+    except SamplerError as exc:
+        raise LearnedPropagationError(str(exc)) from exc
     check_temperature_range(float(temperature), meta, stacklevel=2)
     masses = {t: float(m) for t, m in meta.role_fields["prior"]["mass"].items()}
     groups = [propagator_group] + ([corrector_group] if corr is not None else [])

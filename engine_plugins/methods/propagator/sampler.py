@@ -37,7 +37,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -371,6 +371,13 @@ def passes_of(art: Artifact, role: str, override: int | None = None) -> int:
     return n
 
 
+def check_passes_have_corrector(corrector: Any, corrector_passes: int | None) -> None:
+    """Several corrector passes asked for, but no corrector given: a clear error (every engine's path)."""
+    if corrector is None and corrector_passes not in (None, 1):
+        raise SamplerError(f"corrector_passes={corrector_passes} without a corrector. Fix: give a corrector "
+                           "artifact, or drop corrector_passes")
+
+
 def build_flow_jump(propagator: str | os.PathLike | Artifact, corrector: str | os.PathLike | Artifact | None = None,
                     flow_steps: int | None = None, solver: str | None = None,
                     corrector_flow_steps: int | None = None, corrector_solver: str | None = None,
@@ -384,9 +391,7 @@ def build_flow_jump(propagator: str | os.PathLike | Artifact, corrector: str | o
                               contact_rounds_override=contact_rounds)
     corr = None
     ctypes = None
-    if corrector is None and corrector_passes not in (None, 1):
-        raise SamplerError(f"corrector_passes={corrector_passes} without a corrector. Fix: give a corrector "
-                           "artifact, or drop corrector_passes")
+    check_passes_have_corrector(corrector, corrector_passes)
     if corrector is not None:
         corr_art = _artifact(corrector)
         corr = build_flow_sampler(corr_art, "corrector", corrector_flow_steps, corrector_solver,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from _md_runs import TRANSPORT_MATERIAL, TRANSPORT_T, transport_run
-from engine_plugins.analysis.evaluate import EvaluationError, compare, evaluate, noise_floor
+from engine_plugins.analysis.evaluate import EvaluationError, compare, compare_engines, evaluate, noise_floor
 from engine_plugins.analysis.observables import (ClosestApproach, ObservableError, RadiusOfGyration, SpeciesMSD, SpeciesRDF,
                                                  diffusivity, median_relative_error, msd_fft, rdf_jsd, spearman,
                                                  trajectory_universe)
@@ -451,3 +451,13 @@ def test_contact_distances_of_a_cg_case_are_between_beads():
         expected = min(expected, d.min())
     assert list(got) == ["HOH-HOH"] and got["HOH-HOH"] == pytest.approx(expected, abs=1e-3)
     assert got["HOH-HOH"] > 2.0
+
+
+def test_compare_engines_reports_the_largest_case_difference_beside_the_median():
+    """Engines that agree on three cases and differ by 10 % on a fourth (trajectories that part
+    after many jumps): the median says 0, the max must say 10 %."""
+    def report(msds):
+        return {"cases": {f"c{i}": {"species": {"Li": {"msd_learned": m}}} for i, m in enumerate(msds)}}
+    out = compare_engines({"a": report([1.0, 2.0, 3.0, 4.4]), "b": report([1.0, 2.0, 3.0, 4.0])})["a vs b"]
+    assert out["median_relative_msd_difference"]["Li"] == 0.0
+    assert out["max_relative_msd_difference"]["Li"] == pytest.approx(0.1)

@@ -543,3 +543,19 @@ def test_run_lammps_script_with_a_relative_workdir(tmp_path, monkeypatch):
     run = run_lammps_script("run/in.t", workdir="run")
     assert "relative-ok" in run.log
     assert (tmp_path / "run" / "log.lammps").is_file()
+
+
+def test_run_lammps_script_past_its_timeout_is_a_clear_error_that_keeps_the_log(tmp_path):
+    """A run past its wall-clock limit is stopped and says so (a LammpsError, so callers that keep a
+    failed rollout's frames keep these too), not a bare subprocess.TimeoutExpired traceback."""
+    from engine_plugins.engines.lammps_backend import LammpsError, LammpsTimeoutError, run_lammps_script
+
+    (tmp_path / "in.long").write_text(
+        "units lj\natom_style atomic\nlattice fcc 0.8442\nregion b block 0 6 0 6 0 6\ncreate_box 1 b\n"
+        "create_atoms 1 box\nmass 1 1.0\nvelocity all create 1.0 1\npair_style lj/cut 2.5\npair_coeff 1 1 1.0 1.0\n"
+        "fix 1 all nve\nthermo 100\nprint \"started\"\nrun 100000000\n")
+    with pytest.raises(LammpsTimeoutError, match=r"did not finish in\.long within 3 s") as info:
+        run_lammps_script(tmp_path / "in.long", timeout=3)
+    assert isinstance(info.value, LammpsError)
+    assert "larger timeout" in str(info.value)
+    assert (tmp_path / "log.lammps").is_file()

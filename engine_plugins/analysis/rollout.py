@@ -503,11 +503,12 @@ def _lammps(model: Path, start: RolloutStart, n_jumps: int, seed: int, corrector
 
     t0 = time.perf_counter()
     try:
+        # no wall-clock limit unless asked for: a rollout is as long as its jumps (10^4 jumps ran 70 min here)
         run_out = run_lammps_script(directory / "in.propagate", ranks, workdir=directory,
-                                    timeout=float(options.get("timeout", 3600)))
+                                    timeout=options.get("timeout"))
     except PluginNotFoundError:
         raise
-    except LammpsError as exc:  # the fix stopped the run (error->all); the dump holds every finished jump
+    except LammpsError as exc:  # the fix stopped the run (error->all) or it timed out; the dump holds every finished jump
         dump = directory / "traj.lammpstrj"
         frames = dump.read_text().count("ITEM: TIMESTEP") if dump.is_file() else 0
         if frames == 0:

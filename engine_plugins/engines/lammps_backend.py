@@ -52,6 +52,10 @@ class PluginNotFoundError(LammpsError):
     """The ep/... styles are not available: the plugin is not built, not found, or not loadable."""
 
 
+class LammpsTimeoutError(LammpsError):
+    """``lmp`` ran past its wall-clock limit and was stopped; what it wrote so far (log, dumps) stays."""
+
+
 # ------------------------------------------------------------------------------------ in process
 _MPI_HANDLE: ctypes.CDLL | None = None
 
@@ -183,12 +187,14 @@ def error_lines(text: str) -> str:
 
 
 def run_lammps_script(script: str | os.PathLike, nprocs: int = 1, *, workdir: str | os.PathLike | None = None,
-                      timeout: float = 600, env: dict[str, str] | None = None,
+                      timeout: float | None = 600, env: dict[str, str] | None = None,
                       extra_args: Sequence[str] = (), check: bool = True) -> LammpsRun:
     """Run an input script with the environment's ``lmp`` (under ``mpiexec -n nprocs`` if > 1).
 
     The run happens in ``workdir`` (default: the script's directory) with one OpenMP thread per rank.
-    With ``check`` a failed run raises :class:`LammpsError` / :class:`PluginNotFoundError`.
+    With ``check`` a failed run raises :class:`LammpsError` / :class:`PluginNotFoundError`. A run
+    longer than ``timeout`` seconds (``None``: no limit) is stopped and raises
+    :class:`LammpsTimeoutError`, whatever ``check`` says.
     """
     script = Path(script).resolve()
     workdir = Path(workdir).resolve() if workdir is not None else script.parent  # lmp runs there: no relative paths
@@ -199,8 +205,14 @@ def run_lammps_script(script: str | os.PathLike, nprocs: int = 1, *, workdir: st
     run_env = dict(os.environ)
     run_env.setdefault("OMP_NUM_THREADS", "1")
     run_env.update(env or {})
-    proc = subprocess.run(cmd, cwd=workdir, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, cwd=workdir, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log = log_file.read_text(errors="replace") if log_file.is_file() else ""
+        raise LammpsTimeoutError(f"LAMMPS ({nprocs} rank(s)) did not finish {script.name} within {timeout:g} s and "
+                                 "was stopped; its log and dumps so far are in " + str(workdir) + ". Give the run a "
+                                 "larger timeout (None: no limit) if it is meant to take that long.", log) from None
     log = log_file.read_text(errors="replace") if log_file.is_file() else ""
     run = LammpsRun(proc.returncode, proc.stdout, log, workdir)
     if check and (proc.returncode != 0 or "ERROR" in proc.stdout):

@@ -503,7 +503,7 @@ def _lammps(model: Path, start: RolloutStart, n_jumps: int, seed: int, corrector
 
     t0 = time.perf_counter()
     try:
-        # no wall-clock limit unless asked for: a rollout is as long as its jumps (10^4 jumps ran 70 min here)
+        # no wall-clock limit unless asked for: a rollout is as long as its jumps (10^4 transport jumps: over 1 h)
         run_out = run_lammps_script(directory / "in.propagate", ranks, workdir=directory,
                                     timeout=options.get("timeout"))
     except PluginNotFoundError:

@@ -96,7 +96,7 @@ def test_bad_transport_inputs():
 
 
 def test_material_sets_expand_in_order_and_keep_the_standard_default():
-    """``--materials standard|extra|wide``: the default is the standard four (the shipped models'
+    """``--materials standard|extra|wide|grid``: the default is the standard four (the shipped models'
     data), ``wide`` is standard then extra, so the standard cases keep their seeds (seed + index)."""
     from engine_plugins.data.simulate import TRANSPORT_MATERIAL_SETS, _resolve_materials
 
@@ -106,6 +106,10 @@ def test_material_sets_expand_in_order_and_keep_the_standard_default():
     assert names(["wide"]) == std + names(["extra"]) and len(names(["wide"])) == 12
     assert len(set(names(["wide"]))) == 12 and set(TRANSPORT_MATERIAL_SETS["wide"]) <= set(TRANSPORT_MATERIALS)
     assert names(["extra", "Li0.25-s1.55"])[-1] == "Li0.25-s1.55"
+    grid = [(m.loading, m.sigma_mf) for m in _resolve_materials(["grid"])]
+    assert len(grid) == 12 and sorted(grid) == [(x, s) for x in (0.125, 0.25, 0.375, 0.5) for s in (1.57, 1.64, 1.71)]
+    wide = {(m.loading, m.sigma_mf) for m in _resolve_materials(["wide"])}
+    assert not wide & set(grid), "the grid set adds materials, it repeats none of wide"
     with pytest.raises(SimulationError, match="sets: standard, extra, wide"):
         _resolve_materials(["widest"])
 

@@ -110,6 +110,12 @@ class TransportModel:
 #: more loadings and sizes, so a propagator sees more than two hopping materials per temperature:
 #: Li0.125-s1.60, Li0.25-s1.65, Li0.375-s1.62, Li0.50-s1.68, Li0.25-s1.74, Li0.125-s1.76,
 #: Li0.375-s1.58, Li0.1875-s1.70; D(Li) < 1e-4 (Li0.125-s1.76 at 600 K, no hop in 50 ps) .. 0.89.
+#: The ``grid`` set (``--materials grid --seed 101``, seeds 101..148): loading 1/8, 1/4, 3/8, 1/2 x ion
+#: size 1.57, 1.64, 1.71 A, between the materials above, so that every loading comes with a small, a
+#: medium and a large ion; D(Li) 5.6e-4 (Li0.50-s1.71, 600 K) .. 1.6 (Li0.125-s1.57, 1200 K).
+_GRID_MATERIALS = tuple(TransportMaterial(f"Li{name}-s{s:.2f}", x, s, description=f"grid: loading {x}, ion size {s} A")
+                        for name, x in (("0.125", 0.125), ("0.25", 0.25), ("0.375", 0.375), ("0.50", 0.5))
+                        for s in (1.57, 1.64, 1.71))
 TRANSPORT_MATERIALS: dict[str, TransportMaterial] = {m.name: m for m in (
     TransportMaterial("Li0.25-s1.55", 0.25, 1.55, description="fast conductor: small mobile ion, quarter loading"),
     TransportMaterial("Li0.50-s1.60", 0.50, 1.60, description="half loading, small ion"),
@@ -123,6 +129,7 @@ TRANSPORT_MATERIALS: dict[str, TransportMaterial] = {m.name: m for m in (
     TransportMaterial("Li0.125-s1.76", 0.125, 1.76, description="dilute, largest ion (slowest)"),
     TransportMaterial("Li0.375-s1.58", 0.375, 1.58, description="3/8 loading, smallest-but-one ion (fast)"),
     TransportMaterial("Li0.1875-s1.70", 0.1875, 1.70, description="3/16 loading, large ion"),
+    *_GRID_MATERIALS,
 )}
 #: Named sets for ``--materials``: ``standard`` (the default 4 x 4 cases), ``extra`` (8 more
 #: materials, for training propagators on more than the standard set), ``wide`` (both, 12).
@@ -132,6 +139,9 @@ TRANSPORT_MATERIAL_SETS: dict[str, tuple[str, ...]] = {
               "Li0.375-s1.58", "Li0.1875-s1.70"),
 }
 TRANSPORT_MATERIAL_SETS["wide"] = TRANSPORT_MATERIAL_SETS["standard"] + TRANSPORT_MATERIAL_SETS["extra"]
+#: ``grid``: 12 more materials on a regular grid (loading 1/8, 1/4, 3/8, 1/2 x ion size 1.57, 1.64,
+#: 1.71 A) between those of ``wide``, so that every loading is seen with small, medium and large ions.
+TRANSPORT_MATERIAL_SETS["grid"] = tuple(m.name for m in _GRID_MATERIALS)
 TRANSPORT_TEMPERATURES = (600.0, 800.0, 1000.0, 1200.0)
 
 

@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output", default="out/transport")
     t.add_argument("--preset", choices=["tiny", "standard", "large"], default="standard")
     t.add_argument("--materials", nargs="+",
-                   help="built-in names, a set (standard [default], extra, wide = both) "
+                   help="built-in names, a set (standard [default], extra, wide = both, grid) "
                         "or a JSON file of {name, loading, sigma_mf[, eps_mf]}")
     t.add_argument("--temperatures", type=float, nargs="+", help="K (default 600 800 1000 1200)")
     t.add_argument("--n-cells", type=int)

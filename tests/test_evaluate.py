@@ -13,8 +13,8 @@ import pytest
 from _md_runs import TRANSPORT_MATERIAL, TRANSPORT_T, transport_run
 from engine_plugins.analysis.evaluate import EvaluationError, compare, compare_engines, evaluate, noise_floor
 from engine_plugins.analysis.observables import (ClosestApproach, ObservableError, RadiusOfGyration, SpeciesMSD, SpeciesRDF,
-                                                 diffusivity, median_relative_error, msd_fft, rdf_jsd, spearman,
-                                                 trajectory_universe)
+                                                 diffusivity, mean_abs_log10_ratio, median_relative_error, msd_fft, rdf_jsd,
+                                                 spearman, trajectory_universe)
 from engine_plugins.analysis.rollout import RolloutError, check_roles, read_reference, rollout_start
 from engine_plugins.data.trajectories import UnwrappedTrajectory, load_cases
 
@@ -157,6 +157,10 @@ def test_spearman_and_median_relative_error_on_known_inputs():
     assert np.isnan(spearman([1, 2], [1, 2]))
     assert median_relative_error([1.1, 0.5, 2.0], [1.0, 1.0, 1.0]) == pytest.approx(0.5)
     assert median_relative_error([2.0, 3.0], [0.0, 2.0]) == pytest.approx(0.5)  # ref 0 is left out
+    # 2x too fast and 2x too slow weigh alike: log10 2 each; a zero or NaN pair is left out
+    assert mean_abs_log10_ratio([2.0, 0.5, 0.0, np.nan], [1.0, 1.0, 1.0, 1.0]) == pytest.approx(np.log10(2.0))
+    assert mean_abs_log10_ratio([1.0, 10.0], [1.0, 1.0]) == pytest.approx(0.5)
+    assert np.isnan(mean_abs_log10_ratio([0.0], [1.0]))
 
 
 def test_compare_a_trajectory_with_itself_and_with_fewer_atoms(tiny_traj):

@@ -46,8 +46,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from engine_plugins.analysis.observables import (ClosestApproach, ObservableError, RadiusOfGyration, SpeciesMSD, SpeciesRDF,
-                                                 chains_from_bonds, diffusivity, median_relative_error, rdf_jsd,
-                                                 spearman, trajectory_universe)
+                                                 chains_from_bonds, diffusivity, mean_abs_log10_ratio, median_relative_error,
+                                                 rdf_jsd, spearman, trajectory_universe)
 from engine_plugins.data.trajectories import TrajectoryCase, UnwrappedTrajectory, load_cases
 
 #: Targets of issue 3, part 7.
@@ -255,6 +255,7 @@ def aggregate(results: dict[str, dict[str, Any]], mobile: Sequence[str]) -> dict
                 "cases": len(rows),
                 "spearman_log_msd": spearman(np.log(ref), np.log(lrn)),
                 "median_relative_msd_error": median_relative_error(lrn, ref),
+                "mean_abs_log10_msd_ratio": mean_abs_log10_ratio(lrn, ref),
                 "spearman_D": spearman([r["D_ref"] for r in rows], [r["D_learned"] for r in rows]),
                 "median_relative_D_error": median_relative_error([r["D_learned"] for r in rows],
                                                                  [r["D_ref"] for r in rows]),
@@ -435,7 +436,8 @@ def markdown_summary(report: dict[str, Any]) -> str:
     for s, a in agg["per_species"].items():
         lines.append(f"- **{s}** ({a['cases']} cases): Spearman rank correlation of log MSD(t_ref) = "
                      f"{_fmt(a['spearman_log_msd'])} (target ≥ 0.8); median relative MSD error = "
-                     f"{_fmt(a['median_relative_msd_error'], '.1%')} (target ≤ 25 %); Spearman of D = "
+                     f"{_fmt(a['median_relative_msd_error'], '.1%')} (target ≤ 25 %), mean |log10(learned/ref)| = "
+                     f"{_fmt(a.get('mean_abs_log10_msd_ratio'), '.3f')}; Spearman of D = "
                      f"{_fmt(a['spearman_D'])}, median relative D error = {_fmt(a['median_relative_D_error'], '.1%')}")
     lines += [f"- RDF Jensen-Shannon divergence: mean over cases (of the mean over pairs) {_fmt(agg['rdf_jsd_mean'])}, "
               f"worst pair {_fmt(agg['rdf_jsd_max'])} (target ≤ 0.02)",
@@ -753,7 +755,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"[{report['engine']}]")
         for sp, a in agg["per_species"].items():
             print(f"  {sp}: Spearman log MSD {_fmt(a['spearman_log_msd'])}, median relative MSD error "
-                  f"{_fmt(a['median_relative_msd_error'], '.1%')} over {a['cases']} case(s)")
+                  f"{_fmt(a['median_relative_msd_error'], '.1%')}, mean |log10 ratio| "
+                  f"{_fmt(a.get('mean_abs_log10_msd_ratio'), '.3f')} over {a['cases']} case(s)")
         print(f"  RDF JSD mean {_fmt(agg['rdf_jsd_mean'])} (max {_fmt(agg['rdf_jsd_max'])}); COM drift max "
               f"{_fmt(agg['com_drift_max'])} Å; non-finite frames {agg['nonfinite_frames']}; lost atoms "
               f"{agg['lost_atoms']}; {agg['jumps']} jumps")

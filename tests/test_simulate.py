@@ -110,6 +110,10 @@ def test_material_sets_expand_in_order_and_keep_the_standard_default():
     assert len(grid) == 12 and sorted(grid) == [(x, s) for x in (0.125, 0.25, 0.375, 0.5) for s in (1.57, 1.64, 1.71)]
     wide = {(m.loading, m.sigma_mf) for m in _resolve_materials(["wide"])}
     assert not wide & set(grid), "the grid set adds materials, it repeats none of wide"
+    # splits hold materials out by name: every built-in name must say its own loading and ion size
+    for name, m in TRANSPORT_MATERIALS.items():
+        loading, size = name.removeprefix("Li").split("-s")
+        assert (float(loading), float(size)) == (m.loading, m.sigma_mf), name
     with pytest.raises(SimulationError, match="sets: standard, extra, wide"):
         _resolve_materials(["widest"])
 

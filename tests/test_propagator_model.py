@@ -370,6 +370,28 @@ def test_exact_resume_after_a_kill(tmp_path):
         train_flow(changed, data=data)
 
 
+def test_export_flow_steps_do_not_change_training(tmp_path):
+    """The shipped transport model was re-exported with fewer flow steps from its finished run: that is only the
+    same model if flow_steps enters the export and the validation jump figures, never the weights (validation runs
+    mid-training here, sampling jumps with the configured steps)."""
+    from engine_plugins.train.propagator import train_flow
+
+    data = _flow_data()
+    states = []
+    for k in (2, 7):
+        cfg = _config(tmp_path / f"fs{k}", steps=4, val_every=2)
+        cfg["export"] = {"path": None, "flow_steps": k}
+        train_flow(cfg, data=data)
+        states.append(_state(tmp_path / f"fs{k}/checkpoints/last.pt"))
+    a, b = states
+    assert a["step"] == b["step"] == 4
+    for part in ("model", "ema"):
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), (part, name)
+    jumps = [s["history"][-1]["val"]["jumps"] for s in states]  # the validation jumps did use the steps
+    assert jumps[0] != jumps[1]
+
+
 def test_init_from_artifact_or_checkpoint_fine_tunes_and_refuses_another_architecture(tmp_path):
     """train.init_from: an exported artifact (the shipped float64 TorchScript propagator) or a
     checkpoint seeds a new run (cast to the training dtype); mismatches fail clearly."""

@@ -479,3 +479,17 @@ def test_cli_registration_and_role_mismatch(tmp_path, capsys):
     cfg.write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="export.solver"):
         main(["train", "propagator", str(cfg)])
+
+
+def test_shipped_two_pass_transport_corrector_is_the_one_pass_weights():
+    """exported_models/corrector_transport_2pass.pt is ``engine-plugins corrector-passes
+    corrector_transport.pt 2``: the same weights and settings, and role_fields.passes 2 (its card's
+    rollout figures are those of the one-pass corrector run twice per jump)."""
+    models = Path(__file__).resolve().parents[1] / "exported_models"
+    one, two = load_artifact(models / "corrector_transport.pt"), load_artifact(models / "corrector_transport_2pass.pt")
+    assert two.metadata.role == one.metadata.role == "corrector"
+    assert two.metadata.role_fields["passes"] == 2 and one.metadata.role_fields.get("passes", 1) == 1
+    assert {k: v for k, v in two.metadata.role_fields.items() if k != "passes"} == \
+        {k: v for k, v in one.metadata.role_fields.items() if k != "passes"}
+    a, b = one.module.state_dict(), two.module.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -157,6 +157,30 @@ def _cmd_contact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_corrector_noise(args: argparse.Namespace) -> int:
+    from engine_plugins.export.artifact import ArtifactError, load_artifact
+    from engine_plugins.methods.propagator.sampler import SamplerError, write_corrector_noise_level
+
+    try:
+        if len(args.levels) == 1 and "=" not in args.levels[0]:
+            level: object = float(args.levels[0])
+        else:
+            level = {}
+            for item in args.levels:
+                name, sep, value = item.partition("=")
+                if not sep:
+                    raise ValueError(f"{item!r}: give TYPE=LEVEL for each type, or one level for all")
+                level[name] = float(value)
+        art = load_artifact(args.model)
+        table = write_corrector_noise_level(art, args.output, level)
+    except (ArtifactError, SamplerError, OSError, ValueError) as exc:
+        print(f"engine-plugins corrector-noise: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.output}: role_fields.noise_level = {table} (angstrom; the level the corrector is told its input "
+          "carries, in every engine)")
+    return 0
+
+
 def _cmd_corrector_passes(args: argparse.Namespace) -> int:
     from engine_plugins.export.artifact import ArtifactError, copy_with_role_fields, load_artifact
     from engine_plugins.methods.propagator.sampler import SamplerError, passes_of
@@ -322,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("passes", type=int, help="passes per jump (1..16)")
     s.add_argument("--output", required=True, help="the new artifact (.pt)")
     s.set_defaults(func=_cmd_corrector_passes)
+    s = sub.add_parser("corrector-noise", help="write a copy of a noise-conditioned corrector that assumes its input "
+                       "carries another noise level (role_fields.noise_level; same weights)")
+    s.add_argument("model", help="noise-conditioned corrector artifact (trained with model.noise_conditioning)")
+    s.add_argument("levels", nargs="+", metavar="LEVEL",
+                   help="one level in angstrom for every type, or TYPE=LEVEL for each type (e.g. Fw=0.05 Li=0.2)")
+    s.add_argument("--output", required=True, help="the new artifact (.pt)")
+    s.set_defaults(func=_cmd_corrector_noise)
 
     from engine_plugins.methods.gpff import cli_args as gpff_args
 

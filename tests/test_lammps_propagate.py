@@ -217,6 +217,36 @@ def test_nequip_flow_model_one_rank_equals_two_ranks_and_sampler(system, tmp_pat
     assert np.abs(one.frames[1] - x1.numpy()).max() <= 1e-10
 
 
+@pytest.mark.mpi
+def test_noise_conditioned_corrector_one_rank_equals_two_ranks_and_sampler(models, system, tmp_path):
+    """A noise-conditioned NequIP corrector (model.noise_conditioning; the level lives in its buffer,
+    so the fix calls it with the usual eight arguments): LAMMPS on 1 and 2 ranks = the standalone
+    FlowJump, and the level the corrector is told changes the jump."""
+    model_mod = pytest.importorskip("engine_plugins.methods.propagator.model")
+    sampler = pytest.importorskip("engine_plugins.methods.propagator.sampler")
+    model = model_mod.build_flow_model(type_names=NAMES, r_max=CUTOFF, avg_num_neighbors=12.0, num_features=8,
+                                       disp_scale={"Li": 0.1, "Ar": 0.1}, out_scale={"Li": 0.3, "Ar": 0.3},
+                                       noise_conditioning=True, seed=4)
+    rf = {"temperature_range": [300.0, 900.0], "flow_steps": 2, "solver": "euler", "max_displacement": 6.0,
+          "prior": {"kind": "maxwell_boltzmann", "scale": {"Li": 0.3, "Ar": 0.3}, "mass": dict(zip(NAMES, MASSES))},
+          "noise_max": 0.25, "noise_level": {"Li": 0.2, "Ar": 0.05}}
+    meta = model_mod.flow_model_metadata("corrector", model.config, rf, periodicity="periodic")
+    scripted = model_mod.script_flow_model(model)
+    scripted.noise_level.copy_(torch.tensor([0.2, 0.05], dtype=torch.float64))
+    corr = export_artifact(scripted, meta, tmp_path / "nc_corrector.pt")
+    other = tmp_path / "nc_corrector_0.pt"
+    sampler.write_corrector_noise_level(sampler.load_artifact(corr), other, 0.0)
+    one = run(models["relax"], system, 2, corrector=corr)
+    two = run(models["relax"], system, 2, corrector=corr, nprocs=2, in_process=False)
+    low = run(models["relax"], system, 2, corrector=other)
+    x1 = sampler.build_flow_jump(models["relax"], corr)(
+        torch.tensor(system.positions), torch.tensor(system.types), torch.tensor(system.box, dtype=torch.float64),
+        torch.tensor(TEMP, dtype=torch.float64), SEED, 1)
+    assert np.abs(one.frames - two.frames).max() <= 1e-10
+    assert np.abs(one.frames[1] - x1.numpy()).max() <= 1e-10
+    assert np.abs(one.frames[1] - low.frames[1]).max() > 1e-6
+
+
 CONTACT = {"min_distance": {"Li-Li": 3.0, "Ar-Li": 3.0, "Ar-Ar": 3.2}, "rounds": 3}
 
 

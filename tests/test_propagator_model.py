@@ -192,7 +192,8 @@ def test_flow_matching_batch_and_prior_widths():
     assert torch.allclose(fb.x_t, (1 - t) * fb.x0 + t * x1) and torch.allclose(fb.target, x1 - fb.x0)
     assert torch.equal(fb.t_node[:4], fb.t_node[:1].expand(4)) and fb.t_node[0] != fb.t_node[4]
     noisy, s = corrector_noise(x, batch, 2, 0.25, g)
-    assert s.shape == (2,) and bool((s >= 0).all() and (s <= 0.25).all())
+    assert s.shape == (10,) and bool((s >= 0).all() and (s <= 0.25).all())
+    assert torch.equal(s[:4], s[:1].expand(4)) and torch.equal(s[4:], s[4:5].expand(6))  # one level per frame
     # LiFlow's figure: scale 1 gives ~0.1 A for Li at 800 K
     assert mb_width(1.0, 800.0, 6.94) == pytest.approx(0.0997, abs=5e-4)
     # adaptive choice: nearest MB width on a log scale
@@ -493,3 +494,102 @@ def test_shipped_two_pass_transport_corrector_is_the_one_pass_weights():
         {k: v for k, v in one.metadata.role_fields.items() if k != "passes"}
     a, b = one.module.state_dict(), two.module.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------ noise-conditioned corrector
+def test_noise_conditioned_field_reads_its_buffer_or_the_given_levels():
+    """The noise level is a real input (it changes the field), the buffer stands in for it when the
+    engines call with eight arguments, and models without the option keep their state dict."""
+    x, x_t, types, temp = _cluster()
+    plain = _small_model()
+    cond = _small_model(noise_conditioning=True)
+    assert set(cond.state_dict()) - set(plain.state_dict()) == {
+        k for k in cond.state_dict() if k.startswith("backbone.noise_conditioning.")} != set()
+    assert "noise_level" not in cond.state_dict() and not plain.noise_conditioned
+    cond.noise_level.copy_(torch.tensor([0.05, 0.2], dtype=torch.float64))
+    v_buffer = _call(cond, x_t, x, types, temp)
+    ei, es = neighbor_graph(x, 3.0)
+    told = torch.where(types == 0, 0.05, 0.2).to(torch.float64)
+    v_told = cond(x_t, x, types, ei, es, torch.tensor(0.37, dtype=x.dtype), temp, x.shape[0], told)
+    assert torch.allclose(v_buffer, v_told, atol=1e-14)
+    v_other = cond(x_t, x, types, ei, es, torch.tensor(0.37, dtype=x.dtype), temp, x.shape[0], told * 0 + 0.1)
+    assert float((v_other - v_buffer).detach().abs().max()) > 1e-6
+    # still rotation-equivariant with the level as a scalar input
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    v_rot = _call(cond, x_t @ q.T, x @ q.T, types, temp)
+    assert torch.allclose(v_rot, v_buffer @ q.T, atol=1e-10)
+
+
+def test_corrector_noise_per_type_draws_one_level_per_frame_and_type():
+    g = torch.Generator().manual_seed(4)
+    x = torch.zeros(10, 3, dtype=torch.float64)
+    batch = torch.tensor([0] * 4 + [1] * 6)
+    types = torch.tensor([0, 1, 0, 1, 0, 0, 1, 1, 1, 0])
+    noisy, s = corrector_noise(x, batch, 2, 0.25, g, types, 2)
+    assert s.shape == (10,) and bool((s >= 0).all() and (s <= 0.25).all())
+    for gi in (0, 1):
+        for ti in (0, 1):
+            sel = (batch == gi) & (types == ti)
+            assert torch.unique(s[sel]).numel() == 1
+    assert torch.unique(s).numel() == 4  # independent draws per (frame, type)
+
+
+def test_noise_conditioned_config_errors(tmp_path):
+    from engine_plugins.train.propagator import FlowTrainConfig
+
+    cfg = _config(tmp_path, role="corrector")
+    cfg["model"]["noise_conditioning"] = True
+    with pytest.raises(ValueError, match="corrector.noise_level"):
+        FlowTrainConfig.from_dict(cfg)
+    cfg["corrector"] = {"noise_max": 0.2, "noise_level": {"Fw": 0.1, "Li": 0.3}}
+    with pytest.raises(ValueError, match="0..noise_max"):
+        FlowTrainConfig.from_dict(cfg)
+    prop = _config(tmp_path)
+    prop["model"]["noise_conditioning"] = True
+    with pytest.raises(ValueError, match="for a corrector"):
+        FlowTrainConfig.from_dict(prop)
+    plain = _config(tmp_path, role="corrector")
+    plain["corrector"] = {"noise_level": 0.1}
+    with pytest.raises(ValueError, match="without model.noise_conditioning"):
+        FlowTrainConfig.from_dict(plain)
+
+
+def test_noise_conditioned_corrector_exports_its_level_and_corrector_noise_rewrites_it(tmp_path, capsys):
+    """Training, export (buffer = role_fields.noise_level), `engine-plugins corrector-noise`, the
+    sampler's check, and a jump whose correction grows with the level the corrector is told."""
+    from engine_plugins.cli import main
+    from engine_plugins.methods.propagator.sampler import SamplerError, build_flow_sampler
+    from engine_plugins.train.propagator import train_flow
+
+    cfg = _config(tmp_path / "run", role="corrector", steps=20, val_every=20)
+    cfg["model"]["noise_conditioning"] = True
+    cfg["corrector"] = {"noise_max": 0.25, "noise_level": {"Fw": 0.05, "Li": 0.2}}
+    cfg["export"] = {"path": "corr.pt", "flow_steps": 3}
+    path = train_flow(cfg, data=_flow_data())
+    art = load_artifact(path)
+    rf = art.metadata.role_fields
+    assert rf["noise_level"] == {"Fw": 0.05, "Li": 0.2} and "per frame and type" in rf["trained_on"]
+    assert art.module.noise_level.tolist() == [0.05, 0.2]
+    assert math.isfinite(art.metadata.provenance["metrics"]["val_loss"])
+    out = tmp_path / "corr_0.pt"
+    assert main(["corrector-noise", str(path), "0", "--output", str(out)]) == 0
+    low = load_artifact(out)
+    assert low.metadata.role_fields["noise_level"] == {"Fw": 0.0, "Li": 0.0} and low.module.noise_level.tolist() == [0, 0]
+    assert main(["corrector-noise", str(path), "Fw=0.3", "Li=0.1", "--output", str(tmp_path / "x.pt")]) == 2
+    assert "above noise_max" in capsys.readouterr().err
+    assert main(["corrector-noise", str(path), "Fw=0.1", "--output", str(tmp_path / "x.pt")]) == 2
+    assert "missing ['Li']" in capsys.readouterr().err
+    # the sampler refuses a module whose buffer is not its metadata's level
+    art.module.noise_level.fill_(0.1)
+    with pytest.raises(SamplerError, match="corrector-noise"):
+        build_flow_sampler(art, "corrector")
+    # both artifacts run as correctors; the one told "no noise" moves a frame by a different amount
+    data = _flow_data()
+    s = data.train[0]
+    moves = []
+    for a in (load_artifact(path), low):
+        corr = build_flow_sampler(a, "corrector")
+        d = corr(s["X_tau"], s["types"], s["box"], torch.tensor(800.0, dtype=torch.float64), 5, 1)
+        assert bool(torch.isfinite(d).all())
+        moves.append(float(d.square().sum(-1).mean().sqrt()))
+    assert abs(moves[0] - moves[1]) > 1e-6

@@ -123,7 +123,12 @@ class PriorOptions:
 
 @dataclass
 class CorrectorOptions:
-    noise_max: float = 0.25  # s_max, angstrom: X~ = X + N(0, s^2), s ~ U(0, s_max)
+    """``noise_max``: s_max (A) of the training noise X~ = X + N(0, s^2), s ~ U(0, s_max).
+    ``noise_level``: with ``model.noise_conditioning``, the level (A; one number or {type: s}) the
+    exported corrector is told its input carries (``engine-plugins corrector-noise`` changes it)."""
+
+    noise_max: float = 0.25
+    noise_level: Optional[Union[float, Dict[str, float]]] = None
 
 
 @dataclass
@@ -222,7 +227,22 @@ class FlowTrainConfig:
                              "a propagator has none (drop export.passes)")
         if self.role == "corrector" and not self.corrector.noise_max > 0:
             raise ValueError(f"corrector.noise_max={self.corrector.noise_max}: must be > 0 (angstrom)")
-        FlowModelConfig.from_dict({k: v for k, v in self.model.items()})  # validate early
+        mc = FlowModelConfig.from_dict({k: v for k, v in self.model.items()})  # validate early
+        if mc.noise_conditioning:
+            if self.role != "corrector":
+                raise ValueError("model.noise_conditioning is for a corrector (its input's noise level). "
+                                 "Fix: drop it from the propagator's config")
+            if self.corrector.noise_level is None:
+                raise ValueError("model.noise_conditioning needs corrector.noise_level: the level (angstrom, one "
+                                 "number or {type: level}) the exported corrector assumes its input carries")
+            levels = (self.corrector.noise_level.values() if isinstance(self.corrector.noise_level, dict)
+                      else [self.corrector.noise_level])
+            if not all(0.0 <= float(v) <= float(self.corrector.noise_max) for v in levels):
+                raise ValueError(f"corrector.noise_level {self.corrector.noise_level!r}: each level must lie in "
+                                 f"0..noise_max ({self.corrector.noise_max} A), the range it was trained on")
+        elif self.corrector.noise_level is not None:
+            raise ValueError("corrector.noise_level without model.noise_conditioning: the model would not read it. "
+                             "Fix: set model.noise_conditioning true, or drop corrector.noise_level")
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -332,16 +352,22 @@ def _graphs(x_cond: torch.Tensor, c: Collated, graphs: Sequence[int], cutoff: fl
 
 
 def make_training_batch(c: Collated, role: str, prior: "PriorTable", noise_max: float, gen: torch.Generator,
-                        graphs: Sequence[int], cutoff: float, t: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                        graphs: Sequence[int], cutoff: float, t: Optional[torch.Tensor] = None,
+                        noise_types: int = 0) -> Dict[str, torch.Tensor]:
     """Flow-matching inputs/targets of the selected graphs of a batch.
 
     Every random draw is made for the whole batch (so all DDP ranks stay in step), the graphs only
-    for ``graphs``.
+    for ``graphs``. ``noise_types`` > 0 (a noise-conditioned corrector with that many types): the
+    noise level is drawn per graph and type and returned per atom as ``noise``.
     """
     from engine_plugins.methods.propagator.loss import corrector_noise, flow_matching_batch
 
+    s_atom: Optional[torch.Tensor] = None
     if role == "corrector":
-        noisy, _ = corrector_noise(c.x, c.batch, c.n_graphs, noise_max, gen)
+        if noise_types > 0:
+            noisy, s_atom = corrector_noise(c.x, c.batch, c.n_graphs, noise_max, gen, c.types, noise_types)
+        else:
+            noisy, _ = corrector_noise(c.x, c.batch, c.n_graphs, noise_max, gen)
         offsets = torch.cumsum(c.n, 0) - c.n
         x_cond = noisy.clone()
         for g in range(c.n_graphs):
@@ -354,9 +380,17 @@ def make_training_batch(c: Collated, role: str, prior: "PriorTable", noise_max: 
     sigma = prior.sigma(c.types, c.temperature, c.case_ids, c.n)
     fb = flow_matching_batch(x_cond, x1, sigma, c.batch, c.n_graphs, gen, t=t)
     mask, ei, es = _graphs(x_cond, c, graphs, cutoff)
-    return {"x_t": fb.x_t[mask], "x_cond": x_cond[mask], "target": fb.target[mask], "t": fb.t_node[mask],
-            "types": c.types[mask], "temperature": c.temperature[mask], "edge_index": ei, "edge_shift": es,
-            "x0": fb.x0[mask], "x1": x1[mask]}
+    out = {"x_t": fb.x_t[mask], "x_cond": x_cond[mask], "target": fb.target[mask], "t": fb.t_node[mask],
+           "types": c.types[mask], "temperature": c.temperature[mask], "edge_index": ei, "edge_shift": es,
+           "x0": fb.x0[mask], "x1": x1[mask]}
+    if s_atom is not None:
+        out["noise"] = s_atom.to(fb.x_t.dtype)[mask.cpu()].to(fb.x_t.device)
+    return out
+
+
+def noise_types_of(model: Any) -> int:
+    """How many types a noise-conditioned corrector draws noise levels for (0: not conditioned)."""
+    return len(model.type_names) if bool(getattr(model, "noise_conditioned", False)) else 0
 
 
 class PriorTable:
@@ -469,7 +503,9 @@ def _data_scales(cfg: FlowTrainConfig, data: FlowData, prior: PriorTable, mcfg: 
     g = torch.Generator().manual_seed(int(cfg.seed) + 7919)
     idx = torch.randint(len(ds), (min(16, len(ds)),), generator=g).tolist()
     c = Collated([ds[i] for i in idx])
-    b = make_training_batch(c, cfg.role, prior, cfg.corrector.noise_max, g, range(c.n_graphs), mcfg.r_max)
+    b = make_training_batch(c, cfg.role, prior, cfg.corrector.noise_max, g, range(c.n_graphs), mcfg.r_max,
+                            noise_types=len(mcfg.type_names) if cfg.role == "corrector" and mcfg.noise_conditioning
+                            else 0)
     if mcfg.avg_num_neighbors is None:
         mcfg.avg_num_neighbors = round(b["edge_index"].shape[1] / len(b["types"]), 3)
     disp = b["x_t"] - b["x_cond"]
@@ -497,18 +533,19 @@ def _dist_info() -> Tuple[int, int, int]:
 @torch.no_grad()
 def integrate_flow(model: Any, x_cond: torch.Tensor, types: torch.Tensor, edge_index: torch.Tensor,
                    edge_shift: torch.Tensor, temperature: torch.Tensor, sigma: torch.Tensor, flow_steps: int,
-                   solver: str, generator: torch.Generator) -> torch.Tensor:
-    """x_K of one flow from x_cond + sigma z (validation only; engines use methods.propagator.sampler)."""
+                   solver: str, generator: torch.Generator, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x_K of one flow from x_cond + sigma z (validation only; engines use methods.propagator.sampler);
+    ``noise``: the per-atom noise level told a noise-conditioned corrector."""
     z = torch.randn(x_cond.shape[0], 3, generator=generator, dtype=torch.float64).to(x_cond.device)
     x = x_cond + (sigma.to(x_cond.device).unsqueeze(1) * z).to(x_cond.dtype)
     h = 1.0 / flow_steps
     n = x.shape[0]
     for k in range(flow_steps):
         t = torch.full((n,), k * h, dtype=x.dtype, device=x.device)
-        v = model(x, x_cond, types, edge_index, edge_shift, t, temperature, n)
+        v = model(x, x_cond, types, edge_index, edge_shift, t, temperature, n, noise)
         if solver == "heun":
             x2 = x + h * v
-            v2 = model(x2, x_cond, types, edge_index, edge_shift, t + h, temperature, n)
+            v2 = model(x2, x_cond, types, edge_index, edge_shift, t + h, temperature, n, noise)
             x = x + 0.5 * h * (v + v2)
         else:
             x = x + h * v
@@ -537,10 +574,11 @@ def validate(model: Any, cfg: FlowTrainConfig, data: FlowData, prior: PriorTable
                 sub = idx[chunk:chunk + max(1, cfg.train.batch_size)]
                 c = Collated([ds[i] for i in sub])
                 b = make_training_batch(c, cfg.role, prior, cfg.corrector.noise_max, g, range(c.n_graphs),
-                                        model.cutoff)
+                                        model.cutoff, noise_types=noise_types_of(model))
                 b = {k: v.to(device) for k, v in b.items()}
                 v = model(b["x_t"].to(dtype), b["x_cond"].to(dtype), b["types"], b["edge_index"],
-                          b["edge_shift"].to(dtype), b["t"].to(dtype), b["temperature"].to(dtype), len(b["types"]))
+                          b["edge_shift"].to(dtype), b["t"].to(dtype), b["temperature"].to(dtype), len(b["types"]),
+                          b.get("noise"))
                 loss, parts = flow_matching_loss(v.to(torch.float64), b["target"], b["types"], out_scale,
                                                  cfg.train.loss_weighting)
                 losses.append(float(loss))
@@ -588,9 +626,12 @@ def _jump_statistics(model: Any, cfg: FlowTrainConfig, data: FlowData, prior: Pr
                 x_cond, clean = s["X_tau"], s["X_tau_plus"]
             ei, es = _graph(x_cond, s["box"], model.cutoff)
             sigma = prior.sigma(s["types"], c.temperature, c.case_ids, c.n)
+            told = None  # a noise-conditioned corrector is told the level the frame carries
+            if cfg.role == "corrector" and noise_types_of(model):
+                told = torch.full((x_cond.shape[0],), cfg.corrector.noise_max * 0.5, dtype=dtype, device=device)
             xk = integrate_flow(model, x_cond.to(device, dtype), s["types"].to(device), ei.to(device),
                                 es.to(device, dtype), c.temperature.to(device, dtype), sigma, cfg.export.flow_steps,
-                                cfg.export.solver, g).to(torch.float64).cpu()
+                                cfg.export.solver, g, told).to(torch.float64).cpu()
             for t_idx, name in enumerate(data.type_names):
                 sel = s["types"] == t_idx
                 if not bool(sel.any()):
@@ -817,10 +858,11 @@ def _train(cfg: FlowTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
         while step < opts.steps:
             idx = torch.randint(len(ds), (opts.batch_size,), generator=gen).tolist()
             c = Collated([ds[i] for i in idx])
-            b = make_training_batch(c, cfg.role, prior, cfg.corrector.noise_max, gen, my_graphs, mcfg.r_max)
+            b = make_training_batch(c, cfg.role, prior, cfg.corrector.noise_max, gen, my_graphs, mcfg.r_max,
+                                    noise_types=noise_types_of(model))
             b = {k: v.to(device) for k, v in b.items()}
             v = net(b["x_t"].to(dtype), b["x_cond"].to(dtype), b["types"], b["edge_index"], b["edge_shift"].to(dtype),
-                    b["t"].to(dtype), b["temperature"].to(dtype), len(b["types"]))
+                    b["t"].to(dtype), b["temperature"].to(dtype), len(b["types"]), b.get("noise"))
             loss, parts = flow_matching_loss(v, b["target"].to(dtype), b["types"], model.out_scale,
                                              opts.loss_weighting)
             opt.zero_grad(set_to_none=True)
@@ -893,6 +935,12 @@ def flow_metadata(cfg: FlowTrainConfig, mcfg: Any, data: FlowData, prior: PriorT
     if cfg.role == "corrector":
         role_fields["noise_max"] = float(cfg.corrector.noise_max)
         role_fields["trained_on"] = "X + N(0, s^2), s ~ U(0, noise_max) -> X, conditioned on the noisy frame"
+        if mcfg.noise_conditioning:
+            role_fields["trained_on"] = ("X + N(0, s_type^2), s_type ~ U(0, noise_max) per frame and type -> X, "
+                                         "conditioned on the noisy frame and on s of each atom")
+            from engine_plugins.methods.propagator.loss import corrector_noise_levels
+
+            role_fields["noise_level"] = corrector_noise_levels(cfg.corrector.noise_level, mcfg.type_names)
         if int(ex.passes) != 1:
             role_fields["passes"] = int(ex.passes)
     return ArtifactMetadata(
@@ -949,6 +997,9 @@ def export_flow_model(model: Any, ema: _EMA, cfg: FlowTrainConfig, mcfg: Any, da
         meta = flow_metadata(cfg, export_cfg, data, prior, _max_displacement(cfg, data), provenance)
         model.eval()
         scripted = script_flow_model(export_model, "cpu")
+        if export_cfg.noise_conditioning:
+            levels = meta.role_fields["noise_level"]
+            scripted.noise_level.copy_(torch.tensor([levels[t] for t in export_cfg.type_names], dtype=torch.float64))
         path = Path(cfg.export.path)
         path = path if path.is_absolute() else Path(cfg.output_dir) / path
         export_artifact(scripted, meta, path)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -84,18 +84,46 @@ def flow_matching_batch(x_cond: torch.Tensor, x1: torch.Tensor, sigma: torch.Ten
 
 
 def corrector_noise(x: torch.Tensor, batch: torch.Tensor, n_graphs: int, s_max: float,
-                    generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(X~ = X + s n, s per graph) with s ~ U(0, s_max) per graph and n ~ N(0, 1) per atom.
+                    generator: torch.Generator, types: Optional[torch.Tensor] = None,
+                    n_types: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(X~ = X + s n, s per atom) with s ~ U(0, s_max) per graph and n ~ N(0, 1) per atom.
 
-    Draws (in this order): s [n_graphs], then n [N, 3].
+    With ``types`` and ``n_types`` (a noise-conditioned corrector) s is drawn per graph and type,
+    so that the model learns frames whose species carry different noise levels.
+    Draws (in this order): s [n_graphs] (or [n_graphs, n_types]), then n [N, 3].
     """
     if not s_max > 0:
         raise ValueError(f"corrector noise s_max={s_max}: must be > 0 (angstrom)")
-    s = torch.rand(n_graphs, generator=generator, dtype=torch.float64) * float(s_max)
+    bc = batch.cpu()
+    if types is None:
+        s = torch.rand(n_graphs, generator=generator, dtype=torch.float64) * float(s_max)
+        s_atom = s[bc]
+    else:
+        s = torch.rand(n_graphs, int(n_types), generator=generator, dtype=torch.float64) * float(s_max)
+        s_atom = s[bc, types.cpu().to(torch.long)]
     n = torch.randn(x.shape[0], 3, generator=generator, dtype=torch.float64)
     dev = x.device
-    noisy = x.to(torch.float64) + (s[batch.cpu()].unsqueeze(1) * n).to(dev)
-    return noisy.to(x.dtype), s
+    noisy = x.to(torch.float64) + (s_atom.unsqueeze(1) * n).to(dev)
+    return noisy.to(x.dtype), s_atom
+
+
+def corrector_noise_levels(level: Union[None, float, Mapping[str, float]], type_names: Sequence[str]) -> Dict[str, float]:
+    """{type: noise level (A)} from one number or a table naming every type (checked)."""
+    if level is None:
+        raise ValueError("a noise-conditioned corrector needs a noise level. Fix: corrector.noise_level in the config")
+    if isinstance(level, dict):
+        missing = [t for t in type_names if t not in level]
+        extra = [t for t in level if t not in type_names]
+        if missing or extra:
+            raise ValueError(f"corrector noise level {level!r}: need one level per type {list(type_names)}"
+                             + (f" (missing {missing})" if missing else "") + (f" (unknown {extra})" if extra else ""))
+        table = {t: float(level[t]) for t in type_names}
+    else:
+        table = {t: float(level) for t in type_names}
+    bad = {t: v for t, v in table.items() if not (math.isfinite(v) and v >= 0)}
+    if bad:
+        raise ValueError(f"corrector noise level must be >= 0 and finite (angstrom), got {bad}")
+    return table
 
 
 def flow_matching_loss(v: torch.Tensor, target: torch.Tensor, types: torch.Tensor,
@@ -125,5 +153,5 @@ def check_prior(prior: Mapping, type_names: Sequence[str]) -> None:
         raise ValueError("prior.scale must be >= 0 and finite for every type")
 
 
-__all__ = ["FlowBatch", "LOSS_WEIGHTINGS", "adaptive_prior_scale", "check_prior", "corrector_noise",
+__all__ = ["FlowBatch", "LOSS_WEIGHTINGS", "adaptive_prior_scale", "check_prior", "corrector_noise", "corrector_noise_levels",
            "flow_matching_batch", "flow_matching_loss", "mb_width", "prior_sigma"]

@@ -66,6 +66,7 @@ FLOW_POS_KEY = "flow_pos"
 FLOW_TIME_KEY = "flow_time"
 TEMPERATURE_KEY = "temperature"
 VELOCITY_KEY = "flow_velocity"
+NOISE_LEVEL_KEY = "corrector_noise_level"
 
 
 @dataclass
@@ -91,6 +92,8 @@ class FlowModelConfig:
     fourier_scale_time: float = 2.0  # std of the random frequencies for t in [0, 1]
     fourier_scale_temperature: float = 1.0  # ... for T / 1000 K
     edge_state: bool = True          # Bessel features of the x_t edge lengths as well
+    noise_conditioning: bool = False  # a corrector told its input's noise level s (A) per atom
+    fourier_scale_noise: float = 4.0  # std of the random frequencies for s in angstrom
     disp_scale: Optional[Dict[str, float]] = None
     out_scale: Optional[Dict[str, float]] = None
     model_dtype: str = "float64"
@@ -175,6 +178,35 @@ class FlowConditioning(GraphModuleMixin, torch.nn.Module):
 
 
 @compile_mode("script")
+class NoiseLevelConditioning(GraphModuleMixin, torch.nn.Module):
+    """Add MLP(GaussianFourier(s)) to the scalar node features, s the noise level (A) of each atom.
+
+    Why: a corrector that is not told s must guess it from the frame and, on a frame that is
+    already clean, still pulls the atoms towards their mean sites (a cold framework); told s, it
+    moves a frame only as far as noise of that size explains (seed 003's refinement is likewise
+    conditioned on its noise level).
+    """
+
+    def __init__(self, num_features: int, fourier_features: int, scale: float,
+                 irreps_in: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__()
+        self._init_irreps(irreps_in=irreps_in, required_irreps_in=[AtomicDataDict.NODE_FEATURES_KEY])
+        dtype = torch.get_default_dtype()
+        self.register_buffer("freq_noise", torch.randn(fourier_features, dtype=dtype) * scale)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(2 * fourier_features, num_features), torch.nn.SiLU(),
+                                       torch.nn.Linear(num_features, num_features))
+        self._dtype = dtype
+        self.noise_field = NOISE_LEVEL_KEY
+
+    def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        s = data[self.noise_field].to(self._dtype).view(-1, 1)
+        a = 2.0 * math.pi * s * self.freq_noise.view(1, -1)
+        emb = torch.cat([torch.sin(a), torch.cos(a)], dim=1)
+        data[AtomicDataDict.NODE_FEATURES_KEY] = data[AtomicDataDict.NODE_FEATURES_KEY] + self.mlp(emb)
+        return data
+
+
+@compile_mode("script")
 class FlowStateEmbedding(GraphModuleMixin, torch.nn.Module):
     """Bring the flow state ``x_t`` in: a ``1x1o`` node feature and (optionally) x_t edge lengths.
 
@@ -236,6 +268,9 @@ def flow_stages(cfg: FlowModelConfig) -> "OrderedDict[str, GraphModuleMixin]":
                                     irreps_in=s["edge_vectors"].irreps_out)
     s["conditioning"] = FlowConditioning(cfg.num_features, cfg.fourier_features, cfg.fourier_scale_time,
                                          cfg.fourier_scale_temperature, irreps_in=s["type_embed"].irreps_out)
+    if cfg.noise_conditioning:
+        s["noise_conditioning"] = NoiseLevelConditioning(cfg.num_features, cfg.fourier_features,
+                                                         cfg.fourier_scale_noise, irreps_in=s["conditioning"].irreps_out)
     s["spharm"] = SphericalHarmonicEdgeAttrs(irreps_edge_sh=repr(o3.Irreps.spherical_harmonics(lmax=cfg.l_max)),
                                              irreps_in=s["conditioning"].irreps_out)
     s["edge_norm"] = EdgeLengthNormalizer(r_max=cfg.r_max, type_names=cfg.type_names,
@@ -266,7 +301,10 @@ class FlowVectorField(torch.nn.Module):
     """``forward(x_t, x_cond, types, edge_index, edge_shift, t, temperature, n_local) -> v [N, 3]``.
 
     The role signature of ``propagator``/``corrector`` (engine_plugins.methods.propagator).
-    :meth:`field` takes a per-node flow time (training batches of several frames).
+    :meth:`field` takes a per-node flow time (training batches of several frames). A
+    noise-conditioned corrector (``noise_conditioning``) reads each atom's noise level from the
+    optional ``noise`` argument (training) or else from its buffer ``noise_level`` (A per type, set
+    at export), so the engines call it with the same eight arguments as any other.
     """
 
     def __init__(self, backbone: SequentialGraphNetwork, config: FlowModelConfig) -> None:
@@ -284,6 +322,11 @@ class FlowVectorField(torch.nn.Module):
         self.velocity_field = VELOCITY_KEY
         out = [float((config.out_scale or {}).get(t, 1.0)) for t in config.type_names]
         self.register_buffer("out_scale", torch.tensor(out, dtype=torch.float64))
+        self.noise_conditioned = bool(config.noise_conditioning)
+        self.noise_field = NOISE_LEVEL_KEY
+        # not in the state dict (older checkpoints load unchanged); saved with the TorchScript module
+        self.register_buffer("noise_level", torch.zeros(len(config.type_names), dtype=torch.float64),
+                             persistent=False)
 
     @property
     @torch.jit.unused
@@ -291,8 +334,10 @@ class FlowVectorField(torch.nn.Module):
         return FlowModelConfig(**json.loads(self.config_json))
 
     def field(self, x_t: torch.Tensor, x_cond: torch.Tensor, types: torch.Tensor, edge_index: torch.Tensor,
-              edge_shift: torch.Tensor, t_node: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-        """The vector field with a per-node flow time ``t_node`` [N] (or 0-d)."""
+              edge_shift: torch.Tensor, t_node: torch.Tensor, temperature: torch.Tensor,
+              noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The vector field with a per-node flow time ``t_node`` [N] (or 0-d); ``noise``: per-node
+        noise level (A) of a noise-conditioned corrector (default: ``noise_level`` of the type)."""
         n = x_cond.shape[0]
         data: Dict[str, torch.Tensor] = {
             AtomicDataDict.POSITIONS_KEY: x_cond.to(torch.float64),
@@ -303,13 +348,20 @@ class FlowVectorField(torch.nn.Module):
             self.flow_time_field: t_node.to(torch.float64).reshape(-1).expand(n).reshape(n, 1),
             self.temperature_field: temperature.to(torch.float64).reshape(-1).expand(n).reshape(n, 1),
         }
+        if self.noise_conditioned:
+            if noise is None:
+                level = self.noise_level[types.to(torch.long)]
+            else:
+                level = noise.to(torch.float64).reshape(-1).expand(n)
+            data[self.noise_field] = level.reshape(n, 1)
         data = self.backbone(data)
         v = data[self.velocity_field].to(torch.float64) * self.out_scale[types.to(torch.long)].unsqueeze(1)
         return v.to(x_t.dtype)
 
     def forward(self, x_t: torch.Tensor, x_cond: torch.Tensor, types: torch.Tensor, edge_index: torch.Tensor,
-                edge_shift: torch.Tensor, t: torch.Tensor, temperature: torch.Tensor, n_local: int) -> torch.Tensor:
-        return self.field(x_t, x_cond, types, edge_index, edge_shift, t, temperature)
+                edge_shift: torch.Tensor, t: torch.Tensor, temperature: torch.Tensor, n_local: int,
+                noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.field(x_t, x_cond, types, edge_index, edge_shift, t, temperature, noise)
 
 
 def build_flow_model(config: Optional[FlowModelConfig] = None, **options: Any) -> FlowVectorField:
@@ -353,4 +405,4 @@ def flow_model_metadata(role: str, config: FlowModelConfig, role_fields: Dict[st
 
 
 __all__ = ["ARTIFACT_KEYS", "FLOW_POS_KEY", "FlowConditioning", "FlowModelConfig", "FlowStateEmbedding", "FlowVectorField",
-           "METHOD_NAME", "build_flow_model", "flow_model_metadata", "flow_stages", "script_flow_model"]
+           "METHOD_NAME", "NOISE_LEVEL_KEY", "NoiseLevelConditioning", "build_flow_model", "flow_model_metadata", "flow_stages", "script_flow_model"]

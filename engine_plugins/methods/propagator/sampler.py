@@ -335,6 +335,7 @@ def build_flow_sampler(model: str | os.PathLike | Artifact, role: str = "propaga
         raise SamplerError(f"{art.path}: role_fields.max_attempts must be >= 1, got {max_attempts}")
     offset = CORRECTOR_ATTEMPT_OFFSET if role == "corrector" else 0
     n_passes = passes_of(art, role, passes)
+    check_noise_level(art)
     try:
         bounds = contact_matrix(rf.get("contact"), meta.type_names, ang_to_model)
         rounds = rounds_of(rf.get("contact"), contact_rounds_override)
@@ -369,6 +370,47 @@ def passes_of(art: Artifact, role: str, override: int | None = None) -> int:
             raise SamplerError(f"{art.path}: max_attempts + contact rounds = {attempts + rounds} would reach the "
                                f"next pass's noise stream ({PASS_ATTEMPT_STRIDE}). Fix: lower max_attempts")
     return n
+
+
+def check_noise_level(art: Artifact) -> None:
+    """A noise-conditioned corrector's ``role_fields.noise_level`` must be what its module reads."""
+    table = art.metadata.role_fields.get("noise_level")
+    if table is None:
+        return
+    buf = getattr(art.module, "noise_level", None)
+    want = [float(table.get(t, float("nan"))) for t in art.metadata.type_names]
+    if buf is None or not bool(getattr(art.module, "noise_conditioned", False)) or \
+            not np.allclose(buf.detach().cpu().numpy(), want, rtol=0, atol=1e-12):
+        raise SamplerError(f"{art.path}: role_fields.noise_level {table} is not the level its module reads "
+                           f"({None if buf is None else buf.tolist()}). Fix: write the level with "
+                           "`engine-plugins corrector-noise`, which sets both")
+
+
+def write_corrector_noise_level(art: Artifact, output: str | os.PathLike, level: Any) -> dict[str, float]:
+    """Copy of a noise-conditioned corrector told another input noise level (A; one number or
+    {type: level} within 0..``noise_max``): the module's ``noise_level`` buffer and
+    ``role_fields.noise_level`` together. Why a copy: the level is an engine setting chosen after
+    training (like the passes), and every engine reads it from the artifact."""
+    from engine_plugins.export.artifact import copy_with_role_fields
+    from engine_plugins.methods.propagator.loss import corrector_noise_levels
+
+    rf = art.metadata.role_fields
+    if art.metadata.role != "corrector" or "noise_level" not in rf:
+        raise SamplerError(f"{art.path} is not a noise-conditioned corrector (no role_fields.noise_level). Fix: "
+                           "train a corrector with model.noise_conditioning true and corrector.noise_level")
+    try:
+        table = corrector_noise_levels(level, art.metadata.type_names)
+    except ValueError as exc:
+        raise SamplerError(f"{art.path}: {exc}") from None
+    s_max = float(rf.get("noise_max", float("inf")))
+    over = {t: v for t, v in table.items() if v > s_max}
+    if over:
+        raise SamplerError(f"{art.path}: noise level {over} is above noise_max {s_max} A, the largest it was trained "
+                           "on. Fix: a level in 0..noise_max")
+    module = art.module
+    module.noise_level.copy_(torch.tensor([table[t] for t in art.metadata.type_names], dtype=torch.float64))
+    copy_with_role_fields(art, output, {"noise_level": table}, role="corrector")
+    return table
 
 
 def check_passes_have_corrector(corrector: Any, corrector_passes: int | None) -> None:

@@ -593,3 +593,17 @@ def test_noise_conditioned_corrector_exports_its_level_and_corrector_noise_rewri
         assert bool(torch.isfinite(d).all())
         moves.append(float(d.square().sum(-1).mean().sqrt()))
     assert abs(moves[0] - moves[1]) > 1e-6
+
+
+def test_checkpoint_written_before_an_option_existed_still_resumes(tmp_path):
+    """A checkpoint's config without a newer option (here corrector.noise_level) is the same run
+    when the option is at its default; a changed section is still refused."""
+    from engine_plugins.train.propagator import FlowTrainConfig, _same_run
+
+    cfg = FlowTrainConfig.from_dict(_config(tmp_path, role="corrector"))
+    old = cfg.to_dict()
+    del old["corrector"]["noise_level"]
+    _same_run({"config": old}, cfg)
+    old["corrector"]["noise_max"] = 0.5
+    with pytest.raises(ValueError, match="different 'corrector' section"):
+        _same_run({"config": old}, cfg)

@@ -702,6 +702,10 @@ def load_init_weights(path: Union[str, Path], cfg: FlowTrainConfig, type_names: 
 
 def _same_run(saved: Dict[str, Any], cfg: FlowTrainConfig) -> None:
     old = saved["config"]
+    try:  # options added since the checkpoint was written take their defaults on both sides
+        old = {**old, **{k: v for k, v in FlowTrainConfig.from_dict(old).to_dict().items() if k in old}}
+    except (TypeError, ValueError):
+        pass
     for key in ("role", "seed", "data", "model", "prior", "corrector"):
         if old.get(key) != cfg.to_dict().get(key):
             raise ValueError(f"the checkpoint was written with a different '{key}' section; resuming would not be "

@@ -570,6 +570,10 @@ def test_noise_conditioned_corrector_exports_its_level_and_corrector_noise_rewri
     rf = art.metadata.role_fields
     assert rf["noise_level"] == {"Fw": 0.05, "Li": 0.2} and "per frame and type" in rf["trained_on"]
     assert art.module.noise_level.tolist() == [0.05, 0.2]
+    from engine_plugins.train.propagator import write_model_card
+
+    card = write_model_card(path, tmp_path / "card.md").read_text()
+    assert '`noise_level`: {"Fw": 0.05, "Li": 0.2} A' in card
     assert math.isfinite(art.metadata.provenance["metrics"]["val_loss"])
     out = tmp_path / "corr_0.pt"
     assert main(["corrector-noise", str(path), "0", "--output", str(out)]) == 0

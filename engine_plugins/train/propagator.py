@@ -1054,9 +1054,11 @@ def write_model_card(artifact: Union[str, Path], path: Union[str, Path], command
               f"{prov.get('trained_dtype', meta.dtype)}",
               f"- per-type scales (A): disp_scale {mc.get('disp_scale')}, out_scale {mc.get('out_scale')}", ""]
     lines += ["## Engine settings (role_fields)", ""]
-    for k in ("delta_tau", "temperature_range", "flow_steps", "solver", "max_displacement", "max_attempts", "noise_max"):
+    for k in ("delta_tau", "temperature_range", "flow_steps", "solver", "max_displacement", "max_attempts", "noise_max",
+              "noise_level", "passes"):
         if k in rf:
-            unit = {"delta_tau": " ps", "temperature_range": " K", "max_displacement": " A", "noise_max": " A"}.get(k, "")
+            unit = {"delta_tau": " ps", "temperature_range": " K", "max_displacement": " A", "noise_max": " A",
+                    "noise_level": " A (the level the corrector is told its input carries)"}.get(k, "")
             lines.append(f"- `{k}`: {json.dumps(rf[k])}{unit}")
     pr = rf.get("prior", {})
     lines += [f"- `prior`: {pr.get('kind')}, scale {json.dumps(pr.get('scale'))}, mass {json.dumps(pr.get('mass'))} "

@@ -419,3 +419,34 @@ def test_contact_redraw_is_the_same_in_openmm_as_standalone(models, tmp_path):
     got_off, _, _ = openmm_run(model, types, pos, True, 3, models["corr"], contact_rounds=0)
     assert np.abs(got_off - off).max() <= 1e-10
     assert np.abs(off - ref).max() > 0.1
+
+
+def test_openmm_noise_conditioned_corrector_equals_the_standalone_sampler(models, tmp_path):
+    """A noise-conditioned NequIP corrector (its level a module buffer) inside the integrator: the
+    same jumps as the standalone FlowJump, and different ones when told another level."""
+    from engine_plugins.export.artifact import load_artifact
+    from engine_plugins.methods.propagator.model import build_flow_model, flow_model_metadata, script_flow_model
+    from engine_plugins.methods.propagator.sampler import write_corrector_noise_level
+
+    model = build_flow_model(type_names=list(NAMES), r_max=4.0, avg_num_neighbors=8.0, num_features=8,
+                             disp_scale={n: 0.1 for n in NAMES}, out_scale={n: 0.3 for n in NAMES},
+                             noise_conditioning=True, seed=6)
+    rf = {"temperature_range": [300.0, 900.0], "flow_steps": 2, "solver": "euler", "max_displacement": 6.0,
+          "prior": {"kind": "maxwell_boltzmann", "scale": {n: 0.3 for n in NAMES}, "mass": dict(MASS)},
+          "noise_max": 0.25, "noise_level": {n: 0.2 for n in NAMES}}
+    with torch.no_grad():  # untrained, the level hardly shows in the output: make it count
+        model.backbone.noise_conditioning.mlp[2].weight.mul_(100.0)
+    scripted = script_flow_model(model)
+    scripted.noise_level.fill_(0.2)
+    corr = export_artifact(scripted, flow_model_metadata("corrector", model.config, rf, periodicity="any"),
+                           tmp_path / "nc.pt")
+    other = tmp_path / "nc0.pt"
+    write_corrector_noise_level(load_artifact(corr), other, 0.0)
+    pos, types = system(seed=13)
+    got, _, _ = openmm_run(models["prop"], types, pos, True, 2, corr)
+    ref = standalone(models["prop"], types, pos, True, 2, corr)
+    low = standalone(models["prop"], types, pos, True, 2, other)
+    bare = standalone(models["prop"], types, pos, True, 2)
+    assert np.abs(got - ref).max() <= 1e-10
+    # the level changes the correction by more than a hundredth of its size
+    assert np.abs(ref[-1] - low[-1]).max() > 1e-2 * np.abs(ref[-1] - bare[-1]).max()

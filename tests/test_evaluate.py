@@ -219,6 +219,11 @@ def test_evaluate_cli_on_an_independent_tiny_run(tiny_case, tmp_path):
     assert report["aggregate"]["per_species"]["Li"]["cases"] == 1
     text = (out / "summary.md").read_text()
     assert "Jensen-Shannon" in text and tiny_case.case_id in text
+    # the shortest distance of each species pair, as in evaluation.json
+    pairs = case["closest_approach"]["pairs"]
+    assert "## Shortest distance per species pair" in text and set(pairs) == {"Fw-Fw", "Fw-Li", "Li-Li"}
+    for pair, c in pairs.items():
+        assert f"| {tiny_case.case_id} | {pair} | {c['ref_min']:.3f} | {c['learned_min']:.3f} |" in text
     for png in ("msd_curves.png", "msd_parity.png", "rdf_overlays.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -238,6 +243,9 @@ def test_evaluate_runs_standalone_rollouts_of_a_propagator(tiny_case, tmp_path):
     case = report["cases"][tiny_case.case_id]
     assert case["rollout"]["n_jumps"] == 10 and case["frames_learned"] == 11  # 1 ps / 0.1 ps
     assert case["nonfinite_frames"] == 0 and case["com_drift_learned"] < 1e-4
+    assert case["rollout"]["retries"] == 0
+    assert "- redraws (NaN or a displacement over the model's bound, drawn again): 0 in 10 jumps" in \
+        (out / "summary.md").read_text()
     ref = read_reference(tiny_case)
     direct = propagate(model, ref.positions[0], ref.species, ref.boxes[0], tiny_case.temperature, n_jumps=10, seed=3,
                        progress=False)

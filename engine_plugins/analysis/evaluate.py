@@ -405,6 +405,37 @@ def _contact_lines(report: dict[str, Any]) -> list[str]:
             f"{left} jumps accepted with a contact left after the last round"]
 
 
+def _retry_lines(report: dict[str, Any]) -> list[str]:
+    """Redraws of the rollouts (a jump that gave NaN or too long a displacement, drawn again)."""
+    rows = {cid: r.get("rollout", {}) for cid, r in report["cases"].items()}
+    rows = {cid: ro for cid, ro in rows.items() if "retries" in ro}
+    if not rows:
+        return []
+    jumps = sum(int(ro.get("n_jumps", 0)) for ro in rows.values())
+    total = sum(int(ro["retries"]) for ro in rows.values())
+    worst = max(rows.items(), key=lambda kv: int(kv[1]["retries"]))
+    return [f"- redraws (NaN or a displacement over the model's bound, drawn again): {total} in {jumps} jumps"
+            + (f"; most in {worst[0]} ({int(worst[1]['retries'])})" if total else "")]
+
+
+def _closest_pair_table(report: dict[str, Any]) -> list[str]:
+    """Shortest distance of each species pair, reference vs learned, per case: the overlaps an RDF
+    normalised up to r_max hardly shows."""
+    rows = []
+    for cid, r in report["cases"].items():
+        for pair, c in (r.get("closest_approach") or {}).get("pairs", {}).items():
+            rows.append(f"| {cid} | {pair} | {_fmt(c.get('ref_min'), '.3f')} | {_fmt(c.get('learned_min'), '.3f')} | "
+                        f"{_fmt(c.get('ref_median'), '.3f')} | {_fmt(c.get('learned_median'), '.3f')} | "
+                        f"{_fmt(c.get('frames_below_reference'), '.1%')} |")
+    if not rows:
+        return []
+    return ["", "## Shortest distance per species pair (Å)", "",
+            "Over the reference's frames and the learned frames after the start; the median is that of each "
+            "frame's shortest distance.", "",
+            "| case | pair | ref. min | learned min | ref. median | learned median | learned frames below ref. min |",
+            "|---|---|---|---|---|---|---|"] + rows
+
+
 def _closest_line(agg: dict[str, Any]) -> str:
     floor = (agg.get("noise_floor") or {}).get("frames_below_reference_closest_mean")
     return (f"- closest approach: learned frames with some species pair closer than the reference ever comes: "
@@ -444,10 +475,11 @@ def markdown_summary(report: dict[str, Any]) -> str:
               _closest_line(agg),
               f"- centre-of-mass drift: at most {_fmt(agg['com_drift_max'])} Å; non-finite frames: "
               f"{agg['nonfinite_frames']}; lost atoms: {agg['lost_atoms']}"]
-    lines += _prior_lines(report) + _contact_lines(report)
+    lines += _prior_lines(report) + _contact_lines(report) + _retry_lines(report)
     if agg.get("noise_floor"):
         nf = agg["noise_floor"]
         lines.append(_floor_line(nf))
+    lines += _closest_pair_table(report)
     lines += ["", "## Definitions", "",
               "- MSD about the system's centre of mass, averaged over atoms of the species and all time origins; "
               "t_ref = the reference's longest lag (× lag fraction); the learned curve is read at its largest lag "

@@ -158,6 +158,7 @@ def _cmd_contact(args: argparse.Namespace) -> int:
 
 
 def _cmd_corrector_noise(args: argparse.Namespace) -> int:
+    from engine_plugins.analysis.cli_args import parse_type_values
     from engine_plugins.export.artifact import ArtifactError, load_artifact
     from engine_plugins.methods.propagator.sampler import SamplerError, write_corrector_noise_level
 
@@ -165,12 +166,7 @@ def _cmd_corrector_noise(args: argparse.Namespace) -> int:
         if len(args.levels) == 1 and "=" not in args.levels[0]:
             level: object = float(args.levels[0])
         else:
-            level = {}
-            for item in args.levels:
-                name, sep, value = item.partition("=")
-                if not sep:
-                    raise ValueError(f"{item!r}: give TYPE=LEVEL for each type, or one level for all")
-                level[name] = float(value)
+            level = parse_type_values(args.levels, "corrector-noise level", "Li=0.5", "LEVEL")
         art = load_artifact(args.model)
         table = write_corrector_noise_level(art, args.output, level)
     except (ArtifactError, SamplerError, OSError, ValueError) as exc:

@@ -580,9 +580,11 @@ def test_noise_conditioned_corrector_exports_its_level_and_corrector_noise_rewri
     low = load_artifact(out)
     assert low.metadata.role_fields["noise_level"] == {"Fw": 0.0, "Li": 0.0} and low.module.noise_level.tolist() == [0, 0]
     assert main(["corrector-noise", str(path), "Fw=0.3", "Li=0.1", "--output", str(tmp_path / "x.pt")]) == 2
-    assert "above noise_max" in capsys.readouterr().err
+    assert "must lie in 0..noise_max (0.25 A)" in capsys.readouterr().err
     assert main(["corrector-noise", str(path), "Fw=0.1", "--output", str(tmp_path / "x.pt")]) == 2
     assert "missing ['Li']" in capsys.readouterr().err
+    assert main(["corrector-noise", str(path), "Fw=0.1", "Li", "--output", str(tmp_path / "x.pt")]) == 2
+    assert "corrector-noise level 'Li': expected TYPE=LEVEL" in capsys.readouterr().err
     # the sampler refuses a module whose buffer is not its metadata's level
     art.module.noise_level.fill_(0.1)
     with pytest.raises(SamplerError, match="corrector-noise"):

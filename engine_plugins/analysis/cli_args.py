@@ -64,8 +64,10 @@ def add_bench_propagate_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-corrector", action="store_true", help="time the propagator alone")
 
 
-def parse_prior_scale(items: list[str] | None) -> dict[str, float] | None:
-    """``["Li=6", "Fw=3.16"]`` -> ``{"Li": 6.0, "Fw": 3.16}`` (None stays None); ValueError naming the bad item."""
+def parse_type_values(items: list[str] | None, what: str = "--prior-scale", example: str = "Li=6",
+                      value_name: str = "SCALE") -> dict[str, float] | None:
+    """``["Li=6", "Fw=3.16"]`` -> ``{"Li": 6.0, "Fw": 3.16}`` (None stays None); ValueError naming the
+    bad item and ``what`` it was given to."""
     if not items:
         return None
     out: dict[str, float] = {}
@@ -76,5 +78,10 @@ def parse_prior_scale(items: list[str] | None) -> dict[str, float] | None:
         except ValueError:
             sep = ""
         if not sep or not name.strip():
-            raise ValueError(f"--prior-scale {item!r}: expected TYPE=SCALE, e.g. Li=6")
+            raise ValueError(f"{what} {item!r}: expected TYPE={value_name}, e.g. {example}")
     return out
+
+
+def parse_prior_scale(items: list[str] | None) -> dict[str, float] | None:
+    """``--prior-scale`` items -> {type: scale} (:func:`parse_type_values`)."""
+    return parse_type_values(items, "--prior-scale", "Li=6")

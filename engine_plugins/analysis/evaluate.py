@@ -392,10 +392,15 @@ def _prior_lines(report: dict[str, Any]) -> list[str]:
         f"{cid} " + ", ".join(f"{t} {_fmt(v)}" for t, v in p.items()) for cid, p in picks.items())]
 
 
+def _rollouts_with(report: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
+    """{case: rollout record} of the cases whose rollout recorded ``key``."""
+    rows = {cid: r.get("rollout", {}) for cid, r in report["cases"].items()}
+    return {cid: ro for cid, ro in rows.items() if key in ro}
+
+
 def _contact_lines(report: dict[str, Any]) -> list[str]:
     """The contact redraw's counts, when the rollouts ran with one."""
-    rows = {cid: r.get("rollout", {}) for cid, r in report["cases"].items()}
-    rows = {cid: ro for cid, ro in rows.items() if "contact_rounds" in ro}
+    rows = _rollouts_with(report, "contact_rounds")
     if not rows:
         return []
     jumps = sum(int(ro.get("n_jumps", 0)) for ro in rows.values())
@@ -407,8 +412,7 @@ def _contact_lines(report: dict[str, Any]) -> list[str]:
 
 def _retry_lines(report: dict[str, Any]) -> list[str]:
     """Redraws of the rollouts (a jump that gave NaN or too long a displacement, drawn again)."""
-    rows = {cid: r.get("rollout", {}) for cid, r in report["cases"].items()}
-    rows = {cid: ro for cid, ro in rows.items() if "retries" in ro}
+    rows = _rollouts_with(report, "retries")
     if not rows:
         return []
     jumps = sum(int(ro.get("n_jumps", 0)) for ro in rows.values())

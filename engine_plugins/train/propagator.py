@@ -235,11 +235,10 @@ class FlowTrainConfig:
             if self.corrector.noise_level is None:
                 raise ValueError("model.noise_conditioning needs corrector.noise_level: the level (angstrom, one "
                                  "number or {type: level}) the exported corrector assumes its input carries")
-            levels = (self.corrector.noise_level.values() if isinstance(self.corrector.noise_level, dict)
-                      else [self.corrector.noise_level])
-            if not all(0.0 <= float(v) <= float(self.corrector.noise_max) for v in levels):
-                raise ValueError(f"corrector.noise_level {self.corrector.noise_level!r}: each level must lie in "
-                                 f"0..noise_max ({self.corrector.noise_max} A), the range it was trained on")
+            from engine_plugins.methods.propagator.loss import corrector_noise_levels
+
+            lvl = self.corrector.noise_level  # the types come with the data; here only the range is checked
+            corrector_noise_levels(lvl, list(lvl) if isinstance(lvl, dict) else ["all"], self.corrector.noise_max)
         elif self.corrector.noise_level is not None:
             raise ValueError("corrector.noise_level without model.noise_conditioning: the model would not read it. "
                              "Fix: set model.noise_conditioning true, or drop corrector.noise_level")
@@ -944,7 +943,8 @@ def flow_metadata(cfg: FlowTrainConfig, mcfg: Any, data: FlowData, prior: PriorT
                                          "conditioned on the noisy frame and on s of each atom")
             from engine_plugins.methods.propagator.loss import corrector_noise_levels
 
-            role_fields["noise_level"] = corrector_noise_levels(cfg.corrector.noise_level, mcfg.type_names)
+            role_fields["noise_level"] = corrector_noise_levels(cfg.corrector.noise_level, mcfg.type_names,
+                                                                cfg.corrector.noise_max)
         if int(ex.passes) != 1:
             role_fields["passes"] = int(ex.passes)
     return ArtifactMetadata(

@@ -107,8 +107,10 @@ def corrector_noise(x: torch.Tensor, batch: torch.Tensor, n_graphs: int, s_max: 
     return noisy.to(x.dtype), s_atom
 
 
-def corrector_noise_levels(level: Union[None, float, Mapping[str, float]], type_names: Sequence[str]) -> Dict[str, float]:
-    """{type: noise level (A)} from one number or a table naming every type (checked)."""
+def corrector_noise_levels(level: Union[None, float, Mapping[str, float]], type_names: Sequence[str],
+                           noise_max: float = math.inf) -> Dict[str, float]:
+    """{type: noise level (A)} from one number or a table naming every type, each in 0..``noise_max``
+    (the largest level the corrector was trained on); ValueError naming the problem."""
     if level is None:
         raise ValueError("a noise-conditioned corrector needs a noise level. Fix: corrector.noise_level in the config")
     if isinstance(level, dict):
@@ -120,9 +122,10 @@ def corrector_noise_levels(level: Union[None, float, Mapping[str, float]], type_
         table = {t: float(level[t]) for t in type_names}
     else:
         table = {t: float(level) for t in type_names}
-    bad = {t: v for t, v in table.items() if not (math.isfinite(v) and v >= 0)}
+    bad = {t: v for t, v in table.items() if not (math.isfinite(v) and 0.0 <= v <= float(noise_max))}
     if bad:
-        raise ValueError(f"corrector noise level must be >= 0 and finite (angstrom), got {bad}")
+        raise ValueError(f"corrector noise level {bad} must lie in 0..noise_max ({noise_max} A), the range the "
+                         "corrector was trained on")
     return table
 
 

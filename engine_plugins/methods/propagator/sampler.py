@@ -399,14 +399,9 @@ def write_corrector_noise_level(art: Artifact, output: str | os.PathLike, level:
         raise SamplerError(f"{art.path} is not a noise-conditioned corrector (no role_fields.noise_level). Fix: "
                            "train a corrector with model.noise_conditioning true and corrector.noise_level")
     try:
-        table = corrector_noise_levels(level, art.metadata.type_names)
+        table = corrector_noise_levels(level, art.metadata.type_names, float(rf.get("noise_max", math.inf)))
     except ValueError as exc:
         raise SamplerError(f"{art.path}: {exc}") from None
-    s_max = float(rf.get("noise_max", float("inf")))
-    over = {t: v for t, v in table.items() if v > s_max}
-    if over:
-        raise SamplerError(f"{art.path}: noise level {over} is above noise_max {s_max} A, the largest it was trained "
-                           "on. Fix: a level in 0..noise_max")
     module = art.module
     module.noise_level.copy_(torch.tensor([table[t] for t in art.metadata.type_names], dtype=torch.float64))
     copy_with_role_fields(art, output, {"noise_level": table}, role="corrector")

@@ -544,6 +544,13 @@ def test_noise_conditioned_config_errors(tmp_path):
     cfg["corrector"] = {"noise_max": 0.2, "noise_level": {"Fw": 0.1, "Li": 0.3}}
     with pytest.raises(ValueError, match="0..noise_max"):
         FlowTrainConfig.from_dict(cfg)
+    # a table without one of the data's types stops before training (nothing written)
+    from engine_plugins.train.propagator import train_flow
+
+    cfg["corrector"] = {"noise_max": 0.25, "noise_level": {"Fw": 0.1}}
+    with pytest.raises(ValueError, match=r"missing \['Li'\]"):
+        train_flow(cfg, data=_flow_data())
+    assert not (tmp_path / "checkpoints").exists()
     prop = _config(tmp_path)
     prop["model"]["noise_conditioning"] = True
     with pytest.raises(ValueError, match="for a corrector"):

@@ -760,6 +760,10 @@ def _train(cfg: FlowTrainConfig, callback: Optional[Callable[[int, Dict[str, flo
     mcfg_dict.setdefault("type_names", data.type_names)
     if list(mcfg_dict["type_names"]) != data.type_names:
         raise ValueError(f"model.type_names {mcfg_dict['type_names']} differ from the data's {data.type_names}")
+    if cfg.corrector.noise_level is not None:  # a level per type of the data, checked before any training step
+        from engine_plugins.methods.propagator.loss import corrector_noise_levels
+
+        corrector_noise_levels(cfg.corrector.noise_level, data.type_names, cfg.corrector.noise_max)
     prior = PriorTable(cfg.prior, data.type_names, data.masses)
 
     resume_path: Optional[Path] = None

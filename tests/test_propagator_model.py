@@ -301,6 +301,58 @@ def test_adaptive_pick_measured_on_a_run_recovers_the_width_it_moved_with():
                                temperature, lag)
 
 
+def test_continuous_adaptive_pick_is_the_rule_value_within_the_choices_range():
+    """``continuous``: the pick is width_factor x r^width_exponent itself (no rounding to a choice),
+    clipped to the choices' range; measured on random walks it recovers the width they moved with;
+    training stores it per case, the artifact's default is the median training pick."""
+    from engine_plugins.methods.propagator.prior import measure_adaptive_scale
+    from engine_plugins.train.propagator import PriorOptions, PriorTable
+
+    temperature, mass = 800.0, 6.94
+    unit = mb_width(1.0, temperature, mass)
+    # by hand: f x (rms/unit)^a, against the rounded pick
+    rms = 7.3 * unit
+    assert adaptive_prior_scale(rms, temperature, mass, [1.0, 30.0], 2.0, 0.5, continuous=True) == \
+        round(2.0 * 7.3 ** 0.5, 4)
+    assert adaptive_prior_scale(rms, temperature, mass, [1.0, 3.0, 10.0, 30.0], continuous=False) == 10.0
+    assert adaptive_prior_scale(rms, temperature, mass, [1.0, 3.0, 10.0, 30.0], continuous=True) == 7.3
+    # clipped to the choices' range; no measurable motion gives the smallest
+    assert adaptive_prior_scale(rms, temperature, mass, [1.0, 5.0], continuous=True) == 5.0
+    assert adaptive_prior_scale(rms, temperature, mass, [9.0, 30.0], continuous=True) == 9.0
+    assert adaptive_prior_scale(0.0, temperature, mass, [2.0, 30.0], continuous=True) == 2.0
+    with pytest.raises(ValueError, match="choice nan must be a finite number > 0"):
+        adaptive_prior_scale(rms, temperature, mass, [1.0, float("nan")], continuous=True)
+
+    prior = {"kind": "maxwell_boltzmann", "scale": {"Li": 1.0, "Fw": 1.0}, "mass": {"Li": mass, "Fw": 100.0},
+             "adaptive": {"choices": {"Li": [1.0, 30.0]}, "continuous": True}}
+    rng = np.random.default_rng(1)
+    lag, species = 4, ["Li"] * 64 + ["Fw"] * 8
+    for true in (2.2, 4.7, 13.0):
+        steps = rng.normal(0.0, mb_width(true, temperature, mass) / np.sqrt(lag), (800, 72, 3))
+        pick = measure_adaptive_scale(prior, np.cumsum(steps, axis=0), species, temperature, lag)["Li"]
+        assert pick not in (1.0, 30.0) and abs(pick / true - 1) < 0.03
+    with pytest.raises(ValueError, match="continuous must be true or false"):
+        measure_adaptive_scale({**prior, "adaptive": {**prior["adaptive"], "continuous": "yes"}},
+                               np.zeros((9, 72, 3)), species, temperature, lag)
+
+    data = _flow_data()
+    table = PriorTable(PriorOptions(scale=3.16, adaptive={"choices": {"Li": [0.1, 100.0]}, "continuous": True}),
+                       data.type_names, data.masses)
+    table.fit_adaptive(data.train)
+    table.fit_adaptive(data.val, held_out=True)
+    picks = sorted(p["Li"] for p in table.per_case.values())
+    every = picks + [p["Li"] for p in table.measured.values()]
+    assert len(set(every)) == len(every) > 1 and not set(every) & {0.1, 100.0}
+    field = table.prior_field()
+    assert field["adaptive"]["continuous"] is True and "itself" in field["adaptive"]["rule"]
+    assert field["scale"]["Li"] == picks[(len(picks) - 1) // 2] and field["scale"]["Fw"] == 3.16
+    rounded = PriorTable(PriorOptions(scale=3.16, adaptive={"choices": {"Li": [0.1, 100.0]}}), data.type_names,
+                         data.masses)
+    assert rounded.prior_field()["adaptive"]["continuous"] is False
+    with pytest.raises(ValueError, match="continuous must be true or false"):
+        PriorTable(PriorOptions(adaptive={"choices": {"Li": [1.0]}, "continuous": 1}), data.type_names, data.masses)
+
+
 def test_training_lowers_the_loss_exports_and_round_trips(tmp_path):
     from engine_plugins.train.propagator import Collated, PriorTable, FlowTrainConfig, make_training_batch, train_flow
 

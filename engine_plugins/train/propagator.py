@@ -62,6 +62,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import sys
 import time
 from collections import Counter
@@ -72,7 +73,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from engine_plugins.methods.propagator.prior import KB_EV_PER_K, WIDTH_SETTINGS, adaptive_width_rule
+from engine_plugins.methods.propagator.prior import (KB_EV_PER_K, WIDTH_SETTINGS, adaptive_is_continuous,
+                                                     adaptive_width_rule)
 from engine_plugins.options import check_known, options_from_dict
 from engine_plugins.train.checkpoint import (load_checkpoint, load_init_state, read_init_source, rng_state,
                                              save_checkpoint, set_rng_state)
@@ -420,12 +422,13 @@ class PriorTable:
             unknown = [t for t in choices if t not in self.type_names]
             if unknown:
                 raise ValueError(f"prior.adaptive.choices names unknown type(s) {unknown}; types: {self.type_names}")
-            known = {"choices", *WIDTH_SETTINGS}
+            known = {"choices", "continuous", *WIDTH_SETTINGS}
             extra = set(self.adaptive) - known
             if extra:
                 raise ValueError(f"prior.adaptive has unknown key(s) {sorted(extra)}; "
                                  f"known: {', '.join(sorted(known))}")
             self.width_rule = adaptive_width_rule(self.adaptive)
+            self.continuous = adaptive_is_continuous(self.adaptive)
 
     def fit_adaptive(self, ds: Any, held_out: bool = False) -> None:
         """Pick each case's scale per adaptive type from the case's own rms displacement at the lag
@@ -445,11 +448,15 @@ class PriorTable:
             table[case.case_id] = picks
 
     def default_scale(self) -> Dict[str, float]:
-        """The scale stored in the artifact: the fixed one, or the most common adaptive pick."""
+        """The scale stored in the artifact: the fixed one, the most common adaptive pick, or (a
+        continuous rule, where every pick differs) the training cases' median pick."""
         if not self.per_case:
             return dict(self.base)
         out = {}
         for t in self.type_names:
+            if self.adaptive is not None and self.continuous:
+                out[t] = statistics.median_low(p[t] for p in self.per_case.values())
+                continue
             picks = Counter(p[t] for p in self.per_case.values())
             out[t] = sorted(picks.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
         return out
@@ -476,9 +483,12 @@ class PriorTable:
                                "units": "sigma = scale * sqrt(k_B[eV/K] T / mass[amu]) angstrom"}
         if self.adaptive is not None:
             out["adaptive"] = {"choices": self.adaptive["choices"],
-                               **dict(zip(WIDTH_SETTINGS, self.width_rule)),
-                               "rule": "per material and species: the choice nearest (log scale) to width_factor x "
-                                       "r^width_exponent, r = the rms displacement per component over delta_tau in "
+                               **dict(zip(WIDTH_SETTINGS, self.width_rule)), "continuous": self.continuous,
+                               "rule": ("per material and species: width_factor x r^width_exponent itself, clipped to "
+                                        "the choices' range" if self.continuous else
+                                        "per material and species: the choice nearest (log scale) to width_factor x "
+                                        "r^width_exponent") +
+                                       ", r = the rms displacement per component over delta_tau in "
                                        "a reference run / sqrt(k_B T / m)",
                                "per_case": self.per_case}
         return out

@@ -55,29 +55,40 @@ def mb_width(scale: float, temperature: float, mass: float) -> float:
 
 
 def adaptive_prior_scale(rms: float, temperature: float, mass: float, choices: Sequence[float],
-                         width_factor: float = 1.0, width_exponent: float = 1.0) -> float:
+                         width_factor: float = 1.0, width_exponent: float = 1.0, continuous: bool = False) -> float:
     """The member of ``choices`` nearest (log scale) to ``width_factor * r ** width_exponent``, where
     ``r = rms / sqrt(k_B T / m)`` is the measured displacement in units of the MB scale (with the
-    defaults: the choice whose MB width is nearest to ``rms``).
+    defaults: the choice whose MB width is nearest to ``rms``). ``continuous``: that value itself,
+    clipped to the choices' range (rounded to 1e-4), instead of the nearest choice.
 
     ``rms``: root-mean-square displacement per Cartesian component (angstrom) of the species over
     one lag in the conditioning data. ``width_factor`` > 1 makes the prior wider than the typical
     displacement, so that a rare long jump - a hop to the next site - starts from prior mass near
     it instead of many widths away; ``width_exponent`` < 1 widens slow materials more than fast
     ones. Both keep the order of materials. Ties go to the smaller scale.
+
+    Why ``continuous``: a propagator reads a material's mobility from its prior width, and the
+    learned MSD grows steeply with it (about width^6 for the shipped transport model), so rounding
+    to choices 13 % apart puts up to +-6 % on the width and up to +-40 % on the MSD; a model trained
+    on the unrounded value is told each material's own width.
     """
     if not choices:
         raise ValueError("adaptive prior: choices is empty. Fix: give e.g. [1, 10]")
     _check_width_setting("width_factor", width_factor)
     _check_width_setting("width_exponent", width_exponent)
+    grid = sorted(float(x) for x in choices)
+    for c in grid:
+        if not (math.isfinite(c) and c > 0):
+            raise ValueError(f"adaptive prior: choice {c} must be a finite number > 0")
     if not (math.isfinite(rms) and rms > 0):
-        return float(min(choices))
+        return grid[0]
     unit = mb_width(1.0, temperature, mass)
+    if continuous:
+        target = float(width_factor) * (rms / unit) ** float(width_exponent)
+        return round(min(max(target, grid[0]), grid[-1]), 4)
     rms = unit * float(width_factor) * (rms / unit) ** float(width_exponent)
     best, best_d = None, float("inf")
-    for c in sorted(float(x) for x in choices):
-        if not c > 0:
-            raise ValueError(f"adaptive prior: choice {c} must be > 0")
+    for c in grid:
         d = abs(math.log(mb_width(c, temperature, mass)) - math.log(rms))
         if d < best_d - 1e-12:
             best, best_d = c, d
@@ -122,6 +133,14 @@ def adaptive_width_rule(adaptive: Mapping) -> tuple[float, float]:
     return tuple(_check_width_setting(k, adaptive.get(k, d)) for k, d in WIDTH_SETTINGS.items())  # type: ignore
 
 
+def adaptive_is_continuous(adaptive: Mapping) -> bool:
+    """``adaptive.continuous`` (default false: the nearest choice), checked to be a boolean."""
+    value = adaptive.get("continuous", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"adaptive prior: continuous must be true or false, got {value!r}")
+    return value
+
+
 def adaptive_choices(prior: Mapping) -> Mapping[str, Sequence[float]]:
     """``{type: [scales]}`` of an adaptive prior; a ValueError with the fix for a fixed one."""
     adaptive = prior.get("adaptive")
@@ -135,7 +154,8 @@ def measure_adaptive_scale(prior: Mapping, positions: np.ndarray, species: Seque
                            lag: int) -> dict[str, float]:
     """The adaptive prior's pick for one material: per adaptive type, the choice whose width is
     nearest (log scale) to the rms displacement per component over ``lag`` frames (mapped by the
-    rule's ``width_factor`` and ``width_exponent``, both 1 unless the model says otherwise).
+    rule's ``width_factor`` and ``width_exponent``, both 1 unless the model says otherwise; the
+    unrounded value, within the choices' range, when the rule says ``continuous``).
 
     ``positions``: [frames, atoms, 3] *unwrapped* positions in angstrom of a reference run of the
     material at ``temperature`` (frames one Δτ/``lag`` apart, at least ``lag + 1`` of them);
@@ -144,6 +164,7 @@ def measure_adaptive_scale(prior: Mapping, positions: np.ndarray, species: Seque
     """
     choices_by_type = adaptive_choices(prior)
     factor, exponent = adaptive_width_rule(prior["adaptive"])
+    continuous = adaptive_is_continuous(prior["adaptive"])
     pos = np.asarray(positions, dtype=float)
     lag = int(lag)
     if lag < 1 or pos.ndim != 3 or pos.shape[0] <= lag:
@@ -159,5 +180,6 @@ def measure_adaptive_scale(prior: Mapping, positions: np.ndarray, species: Seque
         if not sel.any():
             continue
         rms = float(np.sqrt(np.mean(d[:, sel] ** 2)))
-        picks[name] = adaptive_prior_scale(rms, temperature, float(prior["mass"][name]), choices, factor, exponent)
+        picks[name] = adaptive_prior_scale(rms, temperature, float(prior["mass"][name]), choices, factor, exponent,
+                                           continuous)
     return picks

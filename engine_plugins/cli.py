@@ -118,14 +118,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_adaptive_prior(args: argparse.Namespace) -> int:
-    from engine_plugins.analysis.rollout import RolloutError, measure_case_prior
+    from engine_plugins.analysis.rollout import RolloutError, measure_case_prior, read_reference
     from engine_plugins.data.trajectories import load_cases
 
     try:
         for case in load_cases(list(args.cases)):
-            picks = measure_case_prior(args.model, case, args.reference_ps)
+            ref = read_reference(case)
+            picks = measure_case_prior(args.model, case, args.reference_ps, ref)
+            values = measure_case_prior(args.model, case, args.reference_ps, ref, continuous=True)
             line = " ".join(f"prior_scale {t} {v:g}" for t, v in picks.items())
-            print(f"{case.case_id} ({case.temperature:g} K): {picks}\n  LAMMPS:  fix ... ep/propagate ... {line}\n"
+            rounded = f" (the rule's value before rounding to a choice: {values})" if values != picks else ""
+            print(f"{case.case_id} ({case.temperature:g} K): {picks}{rounded}\n"
+                  f"  LAMMPS:  fix ... ep/propagate ... {line}\n"
                   f"  OpenMM:  create_learned_integrator(..., prior_scale={picks})\n"
                   f"  evaluate: --prior-scale {' '.join(f'{t}={v:g}' for t, v in picks.items())}")
     except (RolloutError, OSError, ValueError) as exc:

@@ -339,8 +339,21 @@ def test_adaptive_prior_is_measured_per_case_and_reaches_the_rollout(tiny_case, 
     default = propagate(model, ref.positions[0], ref.species, ref.boxes[0], tiny_case.temperature, **kw)
     assert np.abs(written.positions - picked.positions).max() < 1e-3
     assert np.abs(written.positions - default.positions).max() > 1e-2
+    value = round(min(max(rms / width, choices[0]), choices[-1]), 4)  # the rule's value before rounding
     assert main(["adaptive-prior", str(model), str(tiny_case.topology.parent), "--reference-ps", "0.5"]) == 0
-    assert f"prior_scale Li {expected:g}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"prior_scale Li {expected:g}" in out and f"before rounding to a choice: {{'Li': {value}}}" in out
+    # a model whose rule is continuous: the rollout runs with the rule's value itself
+    (tmp_path / "cont").mkdir()
+    smooth = _propagator_stub(tmp_path / "cont", delta_tau=0.1, temperature_range=(300.0, 900.0),
+                              adaptive={"choices": {"Li": choices}, "continuous": True})
+    with pytest.warns(UserWarning, match="outside the model's training range"):
+        report = evaluate([tiny_case.topology.parent], model=str(smooth), engine="standalone",
+                          output=tmp_path / "e2", seed=3, progress=False, r_max=5.5, nbins=40, adaptive_prior=0.5)
+    assert value != expected and report["cases"][tiny_case.case_id]["rollout"]["prior_scale"] == {"Li": value}
+    assert main(["adaptive-prior", str(smooth), str(tiny_case.topology.parent), "--reference-ps", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert f"prior_scale Li {value:g}" in out and "before rounding" not in out
     # a model without an adaptive prior, and a window shorter than delta_tau, are clear errors
     (tmp_path / "fixed").mkdir()
     assert main(["adaptive-prior", str(_propagator_stub(tmp_path / "fixed")), str(tiny_case.topology.parent)]) == 2

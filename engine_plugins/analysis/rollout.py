@@ -252,10 +252,12 @@ def run(engine: str, model: str | os.PathLike, case: TrajectoryCase | str | os.P
 
 
 def measure_case_prior(model: str | os.PathLike, case: TrajectoryCase | str | os.PathLike, reference_ps: float,
-                       reference: UnwrappedTrajectory | None = None) -> dict[str, float]:
+                       reference: UnwrappedTrajectory | None = None,
+                       continuous: bool | None = None) -> dict[str, float]:
     """The adaptive prior's pick ({type: scale}) for the material of ``case``, measured on the first
     ``reference_ps`` ps of its reference run (:func:`prior.measure_adaptive_scale`: rms
-    displacement per component over the model's Δτ). Pass it to any engine as ``prior_scale``."""
+    displacement per component over the model's Δτ). Pass it to any engine as ``prior_scale``.
+    ``continuous``: override the model's rule (True: the rule's unrounded value)."""
     from engine_plugins.export.artifact import read_metadata
     from engine_plugins.methods.propagator.prior import adaptive_choices, measure_adaptive_scale
     from engine_plugins.units import time_factor
@@ -291,7 +293,8 @@ def measure_case_prior(model: str | os.PathLike, case: TrajectoryCase | str | os
     if missing:
         raise RolloutError(f"case {case.case_id}: species {missing} are not among the model's types {meta.type_names}")
     try:
-        return measure_adaptive_scale(rf["prior"], ref.positions[:n], list(ref.species), case.temperature, lag)
+        return measure_adaptive_scale(rf["prior"], ref.positions[:n], list(ref.species), case.temperature, lag,
+                                      continuous)
     except ValueError as exc:
         raise RolloutError(f"{model}: {exc}") from exc
 

@@ -151,11 +151,12 @@ def adaptive_choices(prior: Mapping) -> Mapping[str, Sequence[float]]:
 
 
 def measure_adaptive_scale(prior: Mapping, positions: np.ndarray, species: Sequence[str], temperature: float,
-                           lag: int) -> dict[str, float]:
+                           lag: int, continuous: bool | None = None) -> dict[str, float]:
     """The adaptive prior's pick for one material: per adaptive type, the choice whose width is
     nearest (log scale) to the rms displacement per component over ``lag`` frames (mapped by the
     rule's ``width_factor`` and ``width_exponent``, both 1 unless the model says otherwise; the
-    unrounded value, within the choices' range, when the rule says ``continuous``).
+    unrounded value, within the choices' range, when the rule says ``continuous``; the argument
+    ``continuous``, when given, overrides the rule, e.g. to show what the rounding did).
 
     ``positions``: [frames, atoms, 3] *unwrapped* positions in angstrom of a reference run of the
     material at ``temperature`` (frames one Δτ/``lag`` apart, at least ``lag + 1`` of them);
@@ -164,7 +165,8 @@ def measure_adaptive_scale(prior: Mapping, positions: np.ndarray, species: Seque
     """
     choices_by_type = adaptive_choices(prior)
     factor, exponent = adaptive_width_rule(prior["adaptive"])
-    continuous = adaptive_is_continuous(prior["adaptive"])
+    rule_continuous = adaptive_is_continuous(prior["adaptive"])
+    continuous = rule_continuous if continuous is None else bool(continuous)
     pos = np.asarray(positions, dtype=float)
     lag = int(lag)
     if lag < 1 or pos.ndim != 3 or pos.shape[0] <= lag:

@@ -181,6 +181,25 @@ def _cmd_corrector_noise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_adaptive_rule(args: argparse.Namespace) -> int:
+    from engine_plugins.export.artifact import ArtifactError, copy_with_role_fields, load_artifact
+    from engine_plugins.methods.propagator.prior import with_continuous_rule
+
+    try:
+        art = load_artifact(args.model)
+        if art.metadata.role != "propagator":
+            raise ValueError(f"{args.model} has role '{art.metadata.role}', which has no adaptive prior. Fix: pass a "
+                             "'propagator' artifact")
+        prior = with_continuous_rule(art.metadata.role_fields.get("prior") or {}, args.continuous == "on")
+        copy_with_role_fields(art, args.output, {"prior": prior}, role="propagator")
+    except (ArtifactError, OSError, ValueError) as exc:
+        print(f"engine-plugins adaptive-rule: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.output}: role_fields.prior.adaptive.continuous = {args.continuous == 'on'} (every adaptive pick: "
+          f"{prior['adaptive']['rule']})")
+    return 0
+
+
 def _cmd_corrector_passes(args: argparse.Namespace) -> int:
     from engine_plugins.export.artifact import ArtifactError, copy_with_role_fields, load_artifact
     from engine_plugins.methods.propagator.sampler import SamplerError, passes_of
@@ -328,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reference-ps", type=float, default=10.0,
                    help="ps at the start of each reference run to measure on (default 10)")
     s.set_defaults(func=_cmd_adaptive_prior)
+    s = sub.add_parser("adaptive-rule", help="write a copy of a propagator whose adaptive prior picks the rule's "
+                       "unrounded value (--continuous on) or the nearest choice (off); same weights")
+    s.add_argument("model", help="propagator artifact trained with prior.adaptive")
+    s.add_argument("--continuous", required=True, choices=("on", "off"))
+    s.add_argument("--output", required=True, help="the new artifact (.pt)")
+    s.set_defaults(func=_cmd_adaptive_rule)
     s = sub.add_parser("contact", help="a propagator's contact redraw: measure the shortest distance of every "
                        "species pair in its training MD and write a copy of the artifact that carries it")
     s.add_argument("model", help="propagator artifact")

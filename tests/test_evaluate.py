@@ -15,7 +15,7 @@ from engine_plugins.analysis.evaluate import EvaluationError, compare, compare_e
 from engine_plugins.analysis.observables import (ClosestApproach, ObservableError, RadiusOfGyration, SpeciesMSD, SpeciesRDF,
                                                  diffusivity, mean_abs_log10_ratio, median_relative_error, msd_fft, rdf_jsd,
                                                  spearman, trajectory_universe)
-from engine_plugins.analysis.rollout import RolloutError, check_roles, read_reference, rollout_start
+from engine_plugins.analysis.rollout import RolloutError, check_roles, measure_case_prior, read_reference, rollout_start
 from engine_plugins.data.trajectories import UnwrappedTrajectory, load_cases
 
 REPO = Path(__file__).resolve().parent.parent
@@ -354,6 +354,24 @@ def test_adaptive_prior_is_measured_per_case_and_reaches_the_rollout(tiny_case, 
     assert main(["adaptive-prior", str(smooth), str(tiny_case.topology.parent), "--reference-ps", "0.5"]) == 0
     out = capsys.readouterr().out
     assert f"prior_scale Li {value:g}" in out and "before rounding" not in out
+    # `adaptive-rule` switches the rounding of a trained model (same weights), both ways
+    from engine_plugins.export.artifact import read_metadata
+
+    switched = tmp_path / "switched.pt"
+    assert main(["adaptive-rule", str(model), "--continuous", "on", "--output", str(switched)]) == 0
+    assert "continuous = True" in capsys.readouterr().out
+    meta = read_metadata(switched)
+    assert meta.role_fields["prior"]["adaptive"]["continuous"] is True and "itself" in \
+        meta.role_fields["prior"]["adaptive"]["rule"]
+    assert meta.role_fields["prior"]["adaptive"]["choices"] == {"Li": choices}
+    assert meta.content_hash != read_metadata(model).content_hash
+    assert measure_case_prior(switched, tiny_case, 0.5) == {"Li": value}
+    assert main(["adaptive-rule", str(switched), "--continuous", "off", "--output", str(tmp_path / "back.pt")]) == 0
+    assert measure_case_prior(tmp_path / "back.pt", tiny_case, 0.5) == {"Li": expected}
+    (tmp_path / "fixed2").mkdir()
+    assert main(["adaptive-rule", str(_propagator_stub(tmp_path / "fixed2")), "--continuous", "on", "--output",
+                 str(tmp_path / "x.pt")]) == 2
+    assert "prior is not adaptive" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
     # a model without an adaptive prior, and a window shorter than delta_tau, are clear errors
     (tmp_path / "fixed").mkdir()
     assert main(["adaptive-prior", str(_propagator_stub(tmp_path / "fixed")), str(tiny_case.topology.parent)]) == 2

@@ -74,7 +74,7 @@ import numpy as np
 import torch
 
 from engine_plugins.methods.propagator.prior import (KB_EV_PER_K, WIDTH_SETTINGS, adaptive_is_continuous,
-                                                     adaptive_width_rule)
+                                                     adaptive_rule_text, adaptive_width_rule)
 from engine_plugins.options import check_known, options_from_dict
 from engine_plugins.train.checkpoint import (load_checkpoint, load_init_state, read_init_source, rng_state,
                                              save_checkpoint, set_rng_state)
@@ -484,12 +484,7 @@ class PriorTable:
         if self.adaptive is not None:
             out["adaptive"] = {"choices": self.adaptive["choices"],
                                **dict(zip(WIDTH_SETTINGS, self.width_rule)), "continuous": self.continuous,
-                               "rule": ("per material and species: width_factor x r^width_exponent itself, clipped to "
-                                        "the choices' range" if self.continuous else
-                                        "per material and species: the choice nearest (log scale) to width_factor x "
-                                        "r^width_exponent") +
-                                       ", r = the rms displacement per component over delta_tau in "
-                                       "a reference run / sqrt(k_B T / m)",
+                               "rule": adaptive_rule_text(self.continuous),
                                "per_case": self.per_case}
         return out
 

@@ -141,6 +141,25 @@ def adaptive_is_continuous(adaptive: Mapping) -> bool:
     return value
 
 
+def adaptive_rule_text(continuous: bool) -> str:
+    """The ``rule`` line an artifact's ``prior.adaptive`` carries for people reading its metadata."""
+    pick = ("width_factor x r^width_exponent itself, clipped to the choices' range" if continuous else
+            "the choice nearest (log scale) to width_factor x r^width_exponent")
+    return (f"per material and species: {pick}, r = the rms displacement per component over delta_tau in a "
+            "reference run / sqrt(k_B T / m)")
+
+
+def with_continuous_rule(prior: Mapping, continuous: bool) -> dict[str, Any]:
+    """``role_fields.prior`` whose adaptive rule picks the unrounded value (``continuous``) or the
+    nearest choice; everything else, the trained weights included, is unchanged. Why: the pick's
+    rounding is a sampler setting that can be chosen after training (``engine-plugins
+    adaptive-rule``). A ValueError with the fix for a prior that is not adaptive."""
+    adaptive_choices(prior)
+    out = dict(prior)
+    out["adaptive"] = {**prior["adaptive"], "continuous": bool(continuous), "rule": adaptive_rule_text(continuous)}
+    return out
+
+
 def adaptive_choices(prior: Mapping) -> Mapping[str, Sequence[float]]:
     """``{type: [scales]}`` of an adaptive prior; a ValueError with the fix for a fixed one."""
     adaptive = prior.get("adaptive")

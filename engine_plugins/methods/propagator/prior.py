@@ -68,9 +68,9 @@ def adaptive_prior_scale(rms: float, temperature: float, mass: float, choices: S
     ones. Both keep the order of materials. Ties go to the smaller scale.
 
     Why ``continuous``: a propagator reads a material's mobility from its prior width, and the
-    learned MSD grows steeply with it (about width^6 for the shipped transport model), so rounding
-    to choices 13 % apart puts up to +-6 % on the width and up to +-40 % on the MSD; a model trained
-    on the unrounded value is told each material's own width.
+    learned MSD grows steeply with it (about width^5 to width^8 for the shipped transport model),
+    so rounding to choices 13 % apart puts up to +-6 % on the width and up to +-40 % on the MSD;
+    a model trained on the unrounded value is told each material's own width.
     """
     if not choices:
         raise ValueError("adaptive prior: choices is empty. Fix: give e.g. [1, 10]")

@@ -343,6 +343,13 @@ def test_continuous_adaptive_pick_is_the_rule_value_within_the_choices_range():
     picks = sorted(p["Li"] for p in table.per_case.values())
     every = picks + [p["Li"] for p in table.measured.values()]
     assert len(set(every)) == len(every) > 1 and not set(every) & {0.1, 100.0}
+    # by hand: the training case's own rms over the lag, in MB units, unrounded
+    for ds, got in ((data.train, table.per_case), (data.val, table.measured)):
+        for k, cid in enumerate(ds.case_ids()):
+            traj, lag = ds.trajectories[k], ds.lag
+            li = np.array([s == "Li" for s in traj.species])
+            rms = float(np.sqrt(np.mean((traj.positions[lag:, li] - traj.positions[:-lag, li]) ** 2)))
+            assert got[cid]["Li"] == round(rms / mb_width(1.0, ds.cases[k].temperature, data.masses["Li"]), 4)
     field = table.prior_field()
     assert field["adaptive"]["continuous"] is True and "itself" in field["adaptive"]["rule"]
     assert field["scale"]["Li"] == picks[(len(picks) - 1) // 2] and field["scale"]["Fw"] == 3.16

@@ -184,8 +184,8 @@ def measure_adaptive_scale(prior: Mapping, positions: np.ndarray, species: Seque
     """
     choices_by_type = adaptive_choices(prior)
     factor, exponent = adaptive_width_rule(prior["adaptive"])
-    rule_continuous = adaptive_is_continuous(prior["adaptive"])
-    continuous = rule_continuous if continuous is None else bool(continuous)
+    rule = adaptive_is_continuous(prior["adaptive"])  # checked even when overridden
+    continuous = rule if continuous is None else bool(continuous)
     pos = np.asarray(positions, dtype=float)
     lag = int(lag)
     if lag < 1 or pos.ndim != 3 or pos.shape[0] <= lag:

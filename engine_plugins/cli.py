@@ -183,20 +183,26 @@ def _cmd_corrector_noise(args: argparse.Namespace) -> int:
 
 def _cmd_adaptive_rule(args: argparse.Namespace) -> int:
     from engine_plugins.export.artifact import ArtifactError, copy_with_role_fields, load_artifact
-    from engine_plugins.methods.propagator.prior import with_continuous_rule
+    from engine_plugins.methods.propagator.prior import with_adaptive_rule
 
     try:
         art = load_artifact(args.model)
         if art.metadata.role != "propagator":
             raise ValueError(f"{args.model} has role '{art.metadata.role}', which has no adaptive prior. Fix: pass a "
                              "'propagator' artifact")
-        prior = with_continuous_rule(art.metadata.role_fields.get("prior") or {}, args.continuous == "on")
+        if args.continuous is None and args.width_factor is None and args.width_exponent is None:
+            raise ValueError("nothing to change. Fix: give --continuous on|off, --width-factor and/or --width-exponent")
+        continuous = None if args.continuous is None else args.continuous == "on"
+        prior = with_adaptive_rule(art.metadata.role_fields.get("prior") or {}, continuous, args.width_factor,
+                                   args.width_exponent)
         copy_with_role_fields(art, args.output, {"prior": prior}, role="propagator")
     except (ArtifactError, OSError, ValueError) as exc:
         print(f"engine-plugins adaptive-rule: error: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.output}: role_fields.prior.adaptive.continuous = {args.continuous == 'on'} (every adaptive pick: "
-          f"{prior['adaptive']['rule']})")
+    adaptive = prior["adaptive"]
+    print(f"{args.output}: role_fields.prior.adaptive.continuous = {adaptive.get('continuous', False)}, width_factor = "
+          f"{adaptive.get('width_factor', 1.0):g}, width_exponent = {adaptive.get('width_exponent', 1.0):g} (every "
+          f"adaptive pick: {adaptive['rule']})")
     return 0
 
 
@@ -347,10 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reference-ps", type=float, default=10.0,
                    help="ps at the start of each reference run to measure on (default 10)")
     s.set_defaults(func=_cmd_adaptive_prior)
-    s = sub.add_parser("adaptive-rule", help="write a copy of a propagator whose adaptive prior picks the rule's "
-                       "unrounded value (--continuous on) or the nearest choice (off); same weights")
+    s = sub.add_parser("adaptive-rule", help="write a copy of a propagator with its adaptive rule changed: the "
+                       "unrounded value (--continuous on) or the nearest choice (off), the rule's width factor and "
+                       "exponent; same weights")
     s.add_argument("model", help="propagator artifact trained with prior.adaptive")
-    s.add_argument("--continuous", required=True, choices=("on", "off"))
+    s.add_argument("--continuous", choices=("on", "off"), help="pick the rule's value itself (on) or the nearest "
+                   "choice (off); default: as the model has it")
+    s.add_argument("--width-factor", type=float, help="the rule's width_factor (pick = width_factor x r^width_exponent)")
+    s.add_argument("--width-exponent", type=float, help="the rule's width_exponent")
     s.add_argument("--output", required=True, help="the new artifact (.pt)")
     s.set_defaults(func=_cmd_adaptive_rule)
     s = sub.add_parser("contact", help="a propagator's contact redraw: measure the shortest distance of every "

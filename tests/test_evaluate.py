@@ -368,6 +368,20 @@ def test_adaptive_prior_is_measured_per_case_and_reaches_the_rollout(tiny_case, 
     assert measure_case_prior(switched, tiny_case, 0.5) == {"Li": value}
     assert main(["adaptive-rule", str(switched), "--continuous", "off", "--output", str(tmp_path / "back.pt")]) == 0
     assert measure_case_prior(tmp_path / "back.pt", tiny_case, 0.5) == {"Li": expected}
+    # ... and sets the rule's factor and exponent (e.g. refitted on training cases), keeping the rounding
+    refit = tmp_path / "refit.pt"
+    assert main(["adaptive-rule", str(switched), "--width-factor", "2", "--width-exponent", "0.5", "--output",
+                 str(refit)]) == 0
+    assert "width_factor = 2, width_exponent = 0.5" in capsys.readouterr().out
+    adaptive = read_metadata(refit).role_fields["prior"]["adaptive"]
+    assert adaptive["continuous"] is True and (adaptive["width_factor"], adaptive["width_exponent"]) == (2.0, 0.5)
+    assert measure_case_prior(refit, tiny_case, 0.5) == {"Li": round(min(max(2 * (rms / width) ** 0.5, choices[0]),
+                                                                             choices[-1]), 4)}
+    for bad, says in ((["--width-factor", "-1"], "width_factor must be a finite number > 0"),
+                      (["--width-exponent", "nan"], "width_exponent must be a finite number > 0"),
+                      ([], "nothing to change")):
+        assert main(["adaptive-rule", str(switched), *bad, "--output", str(tmp_path / "bad.pt")]) == 2
+        assert says in capsys.readouterr().err and not (tmp_path / "bad.pt").exists()
     (tmp_path / "fixed2").mkdir()
     assert main(["adaptive-rule", str(_propagator_stub(tmp_path / "fixed2")), "--continuous", "on", "--output",
                  str(tmp_path / "x.pt")]) == 2

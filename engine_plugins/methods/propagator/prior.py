@@ -149,14 +149,23 @@ def adaptive_rule_text(continuous: bool) -> str:
             "reference run / sqrt(k_B T / m)")
 
 
-def with_continuous_rule(prior: Mapping, continuous: bool) -> dict[str, Any]:
-    """``role_fields.prior`` whose adaptive rule picks the unrounded value (``continuous``) or the
-    nearest choice; everything else, the trained weights included, is unchanged. Why: the pick's
-    rounding is a sampler setting that can be chosen after training (``engine-plugins
-    adaptive-rule``). A ValueError with the fix for a prior that is not adaptive."""
+def with_adaptive_rule(prior: Mapping, continuous: bool | None = None, width_factor: float | None = None,
+                       width_exponent: float | None = None) -> dict[str, Any]:
+    """``role_fields.prior`` with the adaptive rule changed where an argument is given: the unrounded
+    value (``continuous``) or the nearest choice, and the rule's ``width_factor``/``width_exponent``;
+    everything else, the trained weights included, is unchanged. Why: the pick is a sampler setting
+    that can be chosen, or refitted on training cases, after training (``engine-plugins
+    adaptive-rule``). A ValueError with the fix for a prior that is not adaptive or a bad setting."""
     adaptive_choices(prior)
+    adaptive = dict(prior["adaptive"])
+    for name, value in (("width_factor", width_factor), ("width_exponent", width_exponent)):
+        if value is not None:
+            adaptive[name] = _check_width_setting(name, value)
+    if continuous is not None:
+        adaptive["continuous"] = bool(continuous)
+    adaptive["rule"] = adaptive_rule_text(adaptive_is_continuous(adaptive))
     out = dict(prior)
-    out["adaptive"] = {**prior["adaptive"], "continuous": bool(continuous), "rule": adaptive_rule_text(continuous)}
+    out["adaptive"] = adaptive
     return out
 
 

@@ -183,7 +183,7 @@ def _cmd_corrector_noise(args: argparse.Namespace) -> int:
 
 def _cmd_adaptive_rule(args: argparse.Namespace) -> int:
     from engine_plugins.export.artifact import ArtifactError, copy_with_role_fields, load_artifact
-    from engine_plugins.methods.propagator.prior import with_adaptive_rule
+    from engine_plugins.methods.propagator.prior import adaptive_width_rule, with_adaptive_rule
 
     try:
         art = load_artifact(args.model)
@@ -200,9 +200,9 @@ def _cmd_adaptive_rule(args: argparse.Namespace) -> int:
         print(f"engine-plugins adaptive-rule: error: {exc}", file=sys.stderr)
         return 2
     adaptive = prior["adaptive"]
+    factor, exponent = adaptive_width_rule(adaptive)
     print(f"{args.output}: role_fields.prior.adaptive.continuous = {adaptive.get('continuous', False)}, width_factor = "
-          f"{adaptive.get('width_factor', 1.0):g}, width_exponent = {adaptive.get('width_exponent', 1.0):g} (every "
-          f"adaptive pick: {adaptive['rule']})")
+          f"{factor:g}, width_exponent = {exponent:g} (every adaptive pick: {adaptive['rule']})")
     return 0
 
 

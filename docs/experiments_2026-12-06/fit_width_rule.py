@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine_plugins.analysis.observables import mean_abs_log10_ratio
+
 
 def read_rows(eval_dirs: list[Path], args: argparse.Namespace) -> list[tuple]:
     """(case, T, r, w, learned/MD, w*) of every unclipped case, sorted by case."""
@@ -60,8 +62,9 @@ def main() -> None:
     log_t = np.log([x[1] / 1000.0 for x in rows])
     log_ratio = np.log10([x[4] for x in rows])
     log_w_star = np.log([x[5] for x in rows])
-    print(f"{len(rows)} cases: median learned/MD {10 ** np.median(log_ratio):.2f}, mean |log10| "
-          f"{np.mean(np.abs(log_ratio)):.3f}; sensitivity k = {args.sensitivity:g}")
+    mean_log = mean_abs_log10_ratio([x[4] for x in rows], [1.0] * len(rows))
+    print(f"{len(rows)} cases: median learned/MD {10 ** np.median(log_ratio):.2f}, mean |log10| {mean_log:.3f}; "
+          f"sensitivity k = {args.sensitivity:g}")
     res0 = log_w_star - math.log(args.factor) - args.exponent * log_r
     print(f"rule used: w = {args.factor:g} r^{args.exponent:g}; residual of log w*: mean {res0.mean():+.4f}, "
           f"rms {np.sqrt(np.mean(res0 ** 2)):.4f}")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine_plugins.analysis.observables import msd_fft
 from engine_plugins.analysis.rollout import read_reference
 from engine_plugins.data.trajectories import TrajectoryCase
 from engine_plugins.methods.propagator.prior import mb_width
@@ -38,16 +39,14 @@ def window_features(case_dir: Path, frames: int = 101) -> dict[str, float]:
     pos, species = ref.positions[:frames], np.asarray(ref.species)
     out: dict[str, float] = {"T": case.temperature}
     for name in sorted(set(species)):
-        sel = species == name
+        msd = msd_fft(pos[:, species == name])  # every lag, all time origins of the window
         unit = mb_width(1.0, case.temperature, float(case.masses[name]))
         for lag in LAGS:
-            d = pos[lag:, sel] - pos[:-lag, sel]
-            out[f"{name}_r{lag}"] = float(np.sqrt(np.mean(d ** 2))) / unit
-    li = species == "Li"
-    r2 = np.sum((pos[10:, li] - pos[:-10, li]) ** 2, axis=-1)
+            out[f"{name}_r{lag}"] = float(np.sqrt(msd[lag] / 3.0)) / unit
+        if name == "Li":
+            out["Li_msd2"], out["Li_msd5"] = float(msd[20]), float(msd[50])
+    r2 = np.sum((pos[10:, species == "Li"] - pos[:-10, species == "Li"]) ** 2, axis=-1)
     out["Li_a2"] = float(3 * np.mean(r2 ** 2) / (5 * np.mean(r2) ** 2) - 1)
-    for t, lag in ((2.0, 20), (5.0, 50)):
-        out[f"Li_msd{t:g}"] = float(np.mean(np.sum((pos[lag:, li] - pos[:-lag, li]) ** 2, axis=-1)))
     return out
 
 

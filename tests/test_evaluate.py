@@ -420,6 +420,47 @@ def test_bad_inputs(tiny_case, tmp_path, capsys):
         evaluate([case_dir], rollouts=tmp_path, output=tmp_path / "x", progress=False, adaptive_prior=10.0)
 
 
+
+def _case_copy(src: Path, dest: Path, case_id: str) -> Path:
+    """The reference case ``src`` copied to ``dest`` under another case id (its paths are relative)."""
+    import shutil
+
+    shutil.copytree(src, dest)
+    meta = json.loads((dest / "case.json").read_text())
+    (dest / "case.json").write_text(json.dumps({**meta, "case_id": case_id}))
+    return dest
+
+
+def test_rollouts_pooled_from_several_folders_and_a_case_found_twice_is_an_error(tiny_case, tmp_path):
+    """``--rollouts X Y``: each case's rollout is taken from the one folder that holds it (here the
+    reference itself, so the MSD error is exactly 0); the same case in two folders is refused, not
+    silently taken from the first."""
+    from engine_plugins.cli import main
+
+    src = tiny_case.topology.parent
+    refs = [_case_copy(src, tmp_path / "refs" / cid, cid) for cid in ("caseA", "caseB")]
+    x = tmp_path / "x" / "rollouts" / "standalone"  # the layout evaluate writes
+    _case_copy(src, x / "caseA", "caseA")
+    y = tmp_path / "y"
+    _case_copy(src, y / "caseB", "caseB")
+    out = tmp_path / "pool"
+    rc = main(["evaluate", *map(str, refs), "--rollouts", str(tmp_path / "x"), str(y), "--output", str(out),
+               "--r-max", "5.5", "--nbins", "40", "--no-progress"])
+    assert rc == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    assert set(report["cases"]) == {"caseA", "caseB"}
+    assert report["cases"]["caseA"]["rollout"]["case_json"] == str(x / "caseA" / "case.json")
+    assert report["cases"]["caseB"]["rollout"]["case_json"] == str(y / "caseB" / "case.json")
+    for case in report["cases"].values():
+        assert case["species"]["Li"]["relative_error"] == 0.0 and case["rdf"]["jsd_mean"] == pytest.approx(0.0, abs=1e-12)
+    _case_copy(src, y / "again" / "caseA", "caseA")
+    with pytest.raises(EvaluationError, match=r"case caseA has 2 rollouts: .*x/rollouts/standalone/caseA.*y/again/caseA"):
+        evaluate([str(refs[0])], rollouts=[tmp_path / "x", y], output=tmp_path / "e", progress=False)
+    with pytest.raises(EvaluationError, match="--rollouts folder .*nowhere does not exist"):
+        evaluate([str(refs[0])], rollouts=[y, tmp_path / "nowhere"], output=tmp_path / "e", progress=False)
+    with pytest.raises(EvaluationError, match="no rollout for case caseA"):
+        evaluate([str(refs[0])], rollouts=[tmp_path / "refs" / "caseB"], output=tmp_path / "e", progress=False)
+
 def _propagator_stub(tmp_path: Path, delta_tau: float = 0.1, temperature_range=(600.0, 1200.0),
                      split: dict | None = None, adaptive: dict | None = None, **role_fields) -> Path:
     """A real propagator artifact (the closed-form test vector field of the contract)."""

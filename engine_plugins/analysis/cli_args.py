@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", choices=["test", "val", "held-out"],
                    help="evaluate only these cases of the model's recorded training split (held-out = test + val)")
-    p.add_argument("--rollouts", help="evaluate rollouts already written here (DIR/<case_id>/case.json)")
+    p.add_argument("--rollouts", nargs="+", metavar="DIR",
+                   help="evaluate rollouts already written under these folders (DIR/<case_id>/case.json, or an evaluate output with rollouts/<engine>/<case_id>); pool several runs by naming each; a case found twice is an error")
     p.add_argument("--r-max", type=float, default=6.0, help="RDF range, Å (at most half the cell)")
     p.add_argument("--nbins", type=int, default=60)
     p.add_argument("--fit-range", type=float, nargs=2, default=(0.2, 0.8), metavar=("LO", "HI"),

@@ -4,7 +4,7 @@ For each reference case (a directory written by ``engine-plugins simulate transp
 ``case.json``), a rollout of the propagator (and corrector) starts from the reference's first frame
 in the chosen engine and runs as many jumps of Δτ as cover the reference duration (times
 ``--duration-factor``), or ``--jumps``. Rollouts written elsewhere (any tool, same atoms/beads as the
-reference) can be evaluated instead with ``--rollouts DIR`` (``DIR/<case_id>/case.json``).
+reference) can be evaluated instead with ``--rollouts DIR [DIR ...]`` (``DIR/<case_id>/case.json``; several folders pool runs).
 
 Compared per case (``engine_plugins.analysis.observables``; atoms, or CG beads when the case names a
 ``cg_mapping``):
@@ -559,13 +559,27 @@ def write_report(report: dict[str, Any], output: Path) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------------------------ driver
-def _rollout_case_for(rollouts: Path, case_id: str) -> Path:
-    for cand in (rollouts / case_id / "case.json", rollouts / "case.json"):
-        if cand.is_file() and (cand.parent.name == case_id or json.loads(cand.read_text()).get("case_id") == case_id):
-            return cand
-    found = [p for p in rollouts.glob("**/case.json") if json.loads(p.read_text()).get("case_id") == case_id]
+def _rollout_case_for(rollouts: Sequence[Path], case_id: str) -> Path:
+    """The one written rollout of ``case_id`` under the folders ``rollouts``.
+
+    In each folder: ``DIR/<case_id>/case.json`` or ``DIR/case.json`` if there is one, else any
+    ``case.json`` below it that names the case (so an ``evaluate`` output folder, with its
+    ``rollouts/<engine>/<case_id>``, works too). A case found in more than one place is an error:
+    picking one would silently evaluate another engine's or seed's run."""
+    found: list[Path] = []
+    for d in rollouts:
+        direct = [c for c in (d / case_id / "case.json", d / "case.json")
+                  if c.is_file() and (c.parent.name == case_id or json.loads(c.read_text()).get("case_id") == case_id)]
+        found += direct[:1] or [c for c in sorted(d.glob("**/case.json"))
+                                if json.loads(c.read_text()).get("case_id") == case_id]
     if not found:
-        raise FileNotFoundError(f"no rollout for case {case_id} under {rollouts} (expected {rollouts}/{case_id}/case.json)")
+        where = ", ".join(str(d) for d in rollouts)
+        raise EvaluationError(f"no rollout for case {case_id} under {where} (expected DIR/{case_id}/case.json). "
+                              "Fix: add the folder of the run that has it to --rollouts")
+    if len(found) > 1:
+        raise EvaluationError(f"case {case_id} has {len(found)} rollouts: " + ", ".join(str(c.parent) for c in found)
+                              + ". Fix: pass folders that hold one rollout of each case, e.g. OUT/rollouts/standalone "
+                              "of one evaluate run per set")
     return found[0]
 
 
@@ -599,7 +613,8 @@ def cases_of_split(case_list: list[TrajectoryCase], model: str | None, split: st
 
 def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, corrector: str | None = None,
              engine: str = "standalone", output: str | os.PathLike = "out/evaluate", jumps: int | None = None,
-             duration_factor: float = 1.0, seed: int = 0, rollouts: str | os.PathLike | None = None,
+             duration_factor: float = 1.0, seed: int = 0,
+             rollouts: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
              r_max: float = 6.0, nbins: int = 60, fit_range: tuple[float, float] = (0.2, 0.8),
              lag_fraction: float = 1.0, progress: bool = True, command: str = "", engine_options: dict | None = None,
              split: str | None = None, adaptive_prior: float | None = None) -> dict[str, Any]:
@@ -623,6 +638,12 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
         case_list = cases_of_split(case_list, model, split)
     if model is None and rollouts is None:
         raise EvaluationError("give --model (to run rollouts) or --rollouts DIR (to evaluate written ones)")
+    rollout_dirs = [Path(rollouts)] if isinstance(rollouts, (str, os.PathLike)) else \
+        [Path(d) for d in rollouts or []]
+    for d in rollout_dirs:
+        if not d.is_dir():
+            raise EvaluationError(f"--rollouts folder {d} does not exist. Fix: pass the folder(s) the rollouts were "
+                                  "written to (OUT/rollouts/ENGINE of an evaluate run)")
     if rollouts is not None and (adaptive_prior is not None or (engine_options or {}).get("prior_scale")):
         raise EvaluationError("--adaptive-prior/--prior-scale set the prior of new rollouts; rollouts read from "
                               "--rollouts ran with whatever prior they ran with. Fix: drop one of them")
@@ -666,7 +687,7 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
             if options.get("prior_scale"):
                 ro_info["prior_scale"] = dict(options["prior_scale"])
         else:
-            rc = TrajectoryCase.load(_rollout_case_for(Path(rollouts), case.case_id))
+            rc = TrajectoryCase.load(_rollout_case_for(rollout_dirs, case.case_id))
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
                 learned = rc.read(unwrap=rc.meta.get("unwrap", "auto"),
@@ -684,7 +705,7 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
         results[case.case_id] = r
     bar.close()
     report = {"schema": "engine_plugins.evaluation/1", "label": f"{engine} rollouts" if rollouts is None else
-              f"rollouts from {rollouts}", "engine": engine if rollouts is None else "rollouts",
+              "rollouts from " + ", ".join(str(d) for d in rollout_dirs), "engine": engine if rollouts is None else "rollouts",
               "command": command, "model": str(model) if model else None,
               "corrector": str(corrector) if corrector else None, "delta_tau": delta_tau, "seed": seed,
               "mobile_species": mobile, "settings": {"r_max": r_max, "nbins": nbins, "fit_range": list(fit_range),

@@ -221,6 +221,10 @@ def test_evaluate_cli_on_an_independent_tiny_run(tiny_case, tmp_path):
     assert "Jensen-Shannon" in text and tiny_case.case_id in text
     # the shortest distance of each species pair, as in evaluation.json
     pairs = case["closest_approach"]["pairs"]
+    # the RDF JSD of each pair, as in evaluation.json, whose mean is the case's figure
+    jsd = {p: v["jsd"] for p, v in case["rdf"]["pairs"].items()}
+    assert case["rdf"]["jsd_mean"] == pytest.approx(np.mean(list(jsd.values())))
+    assert f"| {tiny_case.case_id} | {TRANSPORT_T:g} | " + " | ".join(f"{jsd[p]:.4f}" for p in jsd) + " |" in text
     assert "## Shortest distance per species pair" in text and set(pairs) == {"Fw-Fw", "Fw-Li", "Li-Li"}
     for pair, c in pairs.items():
         assert f"| {tiny_case.case_id} | {pair} | {c['ref_min']:.3f} | {c['learned_min']:.3f} |" in text
@@ -458,6 +462,8 @@ def test_rollouts_pooled_from_several_folders_and_a_case_found_twice_is_an_error
         evaluate([str(refs[0])], rollouts=[tmp_path / "x", y], output=tmp_path / "e", progress=False)
     with pytest.raises(EvaluationError, match="--rollouts folder .*nowhere does not exist"):
         evaluate([str(refs[0])], rollouts=[y, tmp_path / "nowhere"], output=tmp_path / "e", progress=False)
+    with pytest.raises(EvaluationError, match="names no folder"):
+        evaluate([str(refs[0])], rollouts=[], output=tmp_path / "e", progress=False)
     with pytest.raises(EvaluationError, match="no rollout for case caseA"):
         evaluate([str(refs[0])], rollouts=[tmp_path / "refs" / "caseB"], output=tmp_path / "e", progress=False)
 

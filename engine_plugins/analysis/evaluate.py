@@ -440,6 +440,18 @@ def _closest_pair_table(report: dict[str, Any]) -> list[str]:
             "|---|---|---|---|---|---|---|"] + rows
 
 
+def _rdf_pair_table(report: dict[str, Any]) -> list[str]:
+    """RDF JSD of each species pair per case: which pair a case's mean comes from."""
+    names = list(dict.fromkeys(p for r in report["cases"].values() for p in (r.get("rdf") or {}).get("pairs", {})))
+    if not names:
+        return []
+    rows = [f"| {cid} | {r['temperature']:g} | " + " | ".join(
+        _fmt((r.get("rdf") or {}).get("pairs", {}).get(p, {}).get("jsd"), ".4f") for p in names) + " |"
+        for cid, r in report["cases"].items()]
+    return ["", "## RDF JSD per species pair", "",
+            "| case | T (K) | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)] + rows
+
+
 def _closest_line(agg: dict[str, Any]) -> str:
     floor = (agg.get("noise_floor") or {}).get("frames_below_reference_closest_mean")
     return (f"- closest approach: learned frames with some species pair closer than the reference ever comes: "
@@ -483,7 +495,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
     if agg.get("noise_floor"):
         nf = agg["noise_floor"]
         lines.append(_floor_line(nf))
-    lines += _closest_pair_table(report)
+    lines += _rdf_pair_table(report) + _closest_pair_table(report)
     lines += ["", "## Definitions", "",
               "- MSD about the system's centre of mass, averaged over atoms of the species and all time origins; "
               "t_ref = the reference's longest lag (× lag fraction); the learned curve is read at its largest lag "
@@ -640,6 +652,8 @@ def evaluate(cases: Sequence[str | os.PathLike], *, model: str | None = None, co
         raise EvaluationError("give --model (to run rollouts) or --rollouts DIR (to evaluate written ones)")
     rollout_dirs = [Path(rollouts)] if isinstance(rollouts, (str, os.PathLike)) else \
         [Path(d) for d in rollouts or []]
+    if rollouts is not None and not rollout_dirs:
+        raise EvaluationError("rollouts names no folder. Fix: pass the folder(s) the rollouts were written to")
     for d in rollout_dirs:
         if not d.is_dir():
             raise EvaluationError(f"--rollouts folder {d} does not exist. Fix: pass the folder(s) the rollouts were "
